@@ -1,0 +1,70 @@
+"""The contract every framework adapter fulfils, in numpy only.
+
+An adapter module (``lightning``, ``keras``) exposes ``FRAMEWORK`` and ``fit``::
+
+    def fit(cell: Cell, data: Dataset, initial: Weights, orders: np.ndarray,
+            val_every: int = 1) -> TrainOutput
+
+``initial`` are the run's starting weights in Keras layout (``xorbench.model``); ``orders`` has
+shape (epochs, n_train) and holds the training indices of each epoch in the order they are fed.
+The adapter trains ``cell.epochs`` epochs, feeding batch ``j`` of epoch ``e`` as
+``orders[e, j*B:(j+1)*B]``, and returns one row per trained epoch. The untrained epoch 0 is
+computed by the caller from ``initial`` in numpy, the same for every framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Literal
+
+import numpy as np
+
+from xorbench.model import Weights
+
+Status = Literal["ok", "diverged", "failed"]
+
+# Columns of TrainOutput.history, in order.
+HISTORY_METRICS: tuple[str, ...] = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+FRAMEWORKS: tuple[str, ...] = ("lightning", "keras")
+
+
+@dataclass
+class TrainOutput:
+    """What one training run returns.
+
+    Attributes
+    ----------
+    history
+        float64 array of shape (epochs_trained, 4): train_loss, train_acc, val_loss, val_acc for
+        epochs 1..epochs_trained. train_* are means over the epoch's samples of the per-batch
+        values computed before each update (weighted by batch size); val_* are computed on the
+        validation set after the epoch's last update.
+    final_weights
+        The weights after training, Keras layout, float32.
+    diverged
+        True when a training loss was not finite; training stopped after that epoch.
+    asgd_averaging
+        For ASGD, whether the averaged iterate ever differed from the weights (t0 reached);
+        None for other optimizers.
+    steps
+        Number of optimizer updates made.
+    """
+
+    history: np.ndarray
+    final_weights: Weights
+    diverged: bool = False
+    asgd_averaging: bool | None = None
+    steps: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def load_adapter(framework: str) -> ModuleType:
+    """Import the adapter of ``framework`` (and with it the framework itself)."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(
+            f"framework must be one of {', '.join(FRAMEWORKS)}; received {framework!r}"
+        )
+    return importlib.import_module(f"xorbench.adapters.{framework}")

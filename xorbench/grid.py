@@ -1,0 +1,304 @@
+"""Presets, TOML files and flags -> one validated experiment: its cells and its seeds.
+
+A cell is one point of the grid (framework x optimizer x batch size x lr x hidden x epochs); each
+cell is trained once per seed. Everything is checked before the first run: a bad value raises
+:class:`ConfigError`, whose message names the option, what is allowed and what was received.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from xorbench.adapters.base import FRAMEWORKS
+from xorbench.data import N_TRAIN
+from xorbench.model import DEFAULT_HIDDEN
+from xorbench.optimizers import OPTIMIZERS, OptimizerSpec
+
+ENGINES: tuple[str, ...] = ("per-run",)
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid, trained once per seed."""
+
+    framework: str
+    optimizer: str
+    batch_size: int
+    lr: float
+    epochs: int
+    hidden: tuple[int, ...] = DEFAULT_HIDDEN
+
+    @property
+    def optimizer_spec(self) -> OptimizerSpec:
+        return OptimizerSpec(self.optimizer, self.lr)
+
+    @property
+    def key(self) -> str:
+        """A readable identifier, unique within an experiment, safe as a file name."""
+        hidden = "x".join(str(h) for h in self.hidden)
+        return (
+            f"{self.framework}-{self.optimizer}-b{self.batch_size}-lr{self.lr:g}"
+            f"-h{hidden}-e{self.epochs}"
+        )
+
+
+# Axis names accepted in presets, TOML files and flags, with their defaults.
+AXES: tuple[str, ...] = ("framework", "optimizer", "batch_size", "lr", "hidden", "epochs")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A whole run: the cells, how many seeds each, and everything else that shapes the numbers."""
+
+    name: str
+    cells: tuple[Cell, ...]
+    seeds: int
+    base_seed: int = 0
+    target: float = 0.9
+    data_per_run: bool = False
+    engine: str = "per-run"
+    n_train: int = N_TRAIN
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description, used in the manifest and to recognise the same config."""
+        out = asdict(self)
+        out["cells"] = [asdict(c) | {"hidden": list(c.hidden)} for c in self.cells]
+        return out
+
+
+@dataclass(frozen=True)
+class Axes:
+    """The grid before expansion: a list of values per axis, plus the scalar settings."""
+
+    framework: tuple[str, ...] = FRAMEWORKS
+    optimizer: tuple[str, ...] = OPTIMIZERS
+    batch_size: tuple[int, ...] = (1, 8, 32, N_TRAIN)
+    lr: tuple[float, ...] = (0.05,)
+    hidden: tuple[tuple[int, ...], ...] = (DEFAULT_HIDDEN,)
+    epochs: tuple[int, ...] = (500,)
+    seeds: int = 5
+    base_seed: int = 0
+    target: float = 0.9
+    data_per_run: bool = False
+    engine: str = "per-run"
+    # Explicit (optimizer, batch_size) pairs; when set they replace the optimizer x batch product.
+    pairs: tuple[tuple[str, int], ...] | None = field(default=None)
+
+
+PRESETS: dict[str, Axes] = {
+    # The six configurations of the teaching notebook: GD, SGD, MiniSGD, ASGD, RMSprop, Adam.
+    "notebook": Axes(
+        pairs=(
+            ("sgd", N_TRAIN),
+            ("sgd", 1),
+            ("sgd", 32),
+            ("asgd", 32),
+            ("rmsprop", 32),
+            ("adam", 32),
+        ),
+        lr=(0.05,),
+        epochs=(500,),
+        seeds=5,
+    ),
+    "grid": Axes(),
+    # A few cells and epochs that finish in seconds, to check an installation.
+    "smoke": Axes(
+        optimizer=("sgd", "adam"),
+        batch_size=(32, N_TRAIN),
+        lr=(0.05,),
+        epochs=(20,),
+        seeds=3,
+    ),
+}
+
+
+def expand(name: str, axes: Axes) -> Experiment:
+    """The experiment of ``axes``: every combination of its axes, in a stable order."""
+    validate(axes)
+    if axes.pairs is not None:
+        opt_batch: Sequence[tuple[str, int]] = axes.pairs
+    else:
+        opt_batch = list(itertools.product(axes.optimizer, axes.batch_size))
+    cells = tuple(
+        Cell(fw, opt, int(batch), float(lr), int(epochs), tuple(hidden))
+        for fw, (opt, batch), lr, hidden, epochs in itertools.product(
+            axes.framework, opt_batch, axes.lr, axes.hidden, axes.epochs
+        )
+    )
+    return Experiment(
+        name=name,
+        cells=cells,
+        seeds=axes.seeds,
+        base_seed=axes.base_seed,
+        target=axes.target,
+        data_per_run=axes.data_per_run,
+        engine=axes.engine,
+    )
+
+
+def _allowed(option: str, allowed: Sequence[Any], values: Sequence[Any]) -> None:
+    for value in values:
+        if value not in allowed:
+            raise ConfigError(
+                f"{option} must be one of {', '.join(map(str, allowed))}; received {value!r}"
+            )
+
+
+def validate(axes: Axes) -> None:
+    """Raise :class:`ConfigError` for the first value that is not allowed."""
+    _allowed("framework", FRAMEWORKS, axes.framework)
+    _allowed("optimizer", OPTIMIZERS, axes.optimizer)
+    _allowed("engine", ENGINES, [axes.engine])
+    batch_sizes = list(axes.batch_size) + [b for _, b in axes.pairs or ()]
+    _allowed("optimizer", OPTIMIZERS, [o for o, _ in axes.pairs or ()])
+    for option, values in [
+        ("framework", axes.framework),
+        ("optimizer", axes.optimizer),
+        ("batch_size", axes.batch_size),
+        ("lr", axes.lr),
+        ("hidden", axes.hidden),
+        ("epochs", axes.epochs),
+    ]:
+        if not values:
+            raise ConfigError(f"{option} needs at least one value; received none")
+    for batch in batch_sizes:
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= N_TRAIN:
+            raise ConfigError(
+                f"batch_size must be an integer from 1 to {N_TRAIN} (the training set); "
+                f"received {batch!r}"
+            )
+    for lr in axes.lr:
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+            raise ConfigError(f"lr must be a finite number > 0; received {lr!r}")
+    for hidden in axes.hidden:
+        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+            raise ConfigError(
+                f"hidden must be one or more layer widths >= 1, such as 3x4; received {hidden!r}"
+            )
+    for epochs in axes.epochs:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"epochs must be an integer >= 1; received {epochs!r}")
+    if isinstance(axes.seeds, bool) or not isinstance(axes.seeds, int) or axes.seeds < 1:
+        raise ConfigError(f"seeds must be an integer >= 1; received {axes.seeds!r}")
+    if isinstance(axes.base_seed, bool) or not isinstance(axes.base_seed, int) or axes.base_seed < 0:
+        raise ConfigError(f"base_seed must be an integer >= 0; received {axes.base_seed!r}")
+    target = axes.target
+    if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
+        raise ConfigError(f"target must be a number in (0, 1]; received {target!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing flags and TOML files
+
+
+def parse_list(option: str, text: str, kind: type) -> tuple[Any, ...]:
+    """Split a comma-separated flag value and convert each item, or raise ConfigError."""
+    items = [item.strip() for item in text.split(",")]
+    if any(not item for item in items):
+        raise ConfigError(f"{option} takes a comma-separated list; received {text!r}")
+    try:
+        if kind is tuple:  # hidden sizes: "3x4,8"
+            return tuple(tuple(int(w) for w in item.lower().split("x")) for item in items)
+        if kind is float:
+            return tuple(float(item) for item in items)
+        if kind is int:
+            return tuple(int(item) for item in items)
+    except ValueError:
+        what = {tuple: "layer widths such as 3x4", float: "numbers", int: "integers"}[kind]
+        raise ConfigError(f"{option} takes {what}; received {text!r}") from None
+    return tuple(items)
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, list) else (value,)
+
+
+TOML_KEYS: dict[str, str] = {
+    "preset": "the preset to start from",
+    "name": "the experiment's name",
+    "framework": "list of frameworks",
+    "optimizer": "list of optimizers",
+    "batch_size": "list of batch sizes",
+    "lr": "list of learning rates",
+    "hidden": "list of hidden layer widths, such as [[3, 4]]",
+    "epochs": "list of epoch counts",
+    "seeds": "number of seeds",
+    "base_seed": "the base seed",
+    "target": "the validation accuracy that counts as reached",
+    "data_per_run": "draw the data per run",
+    "engine": "training engine",
+}
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a config file; unknown keys and malformed files raise ConfigError."""
+    try:
+        with path.open("rb") as fh:
+            config = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(config) - set(TOML_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path} has unknown key {unknown[0]!r}; "
+            f"allowed keys are {', '.join(TOML_KEYS)}"
+        )
+    return config
+
+
+def apply_overrides(axes: Axes, overrides: Mapping[str, Any]) -> Axes:
+    """Replace the axes named in ``overrides`` (None values are ignored).
+
+    Overriding ``optimizer`` or ``batch_size`` turns an explicit (optimizer, batch) pair list back
+    into a full product, keeping the preset's values on the axis not overridden.
+    """
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None or key in ("preset", "name"):
+            continue
+        if key == "hidden":
+            items = value if isinstance(value, list | tuple) else [value]
+            if items and not isinstance(items[0], list | tuple):
+                items = [items]
+            changes[key] = tuple(tuple(h) for h in items)
+        elif key in AXES:
+            changes[key] = _as_tuple(value)
+        else:
+            changes[key] = value
+    if axes.pairs is not None and {"optimizer", "batch_size"} & set(changes):
+        optimizers = tuple(dict.fromkeys(o for o, _ in axes.pairs))
+        batches = tuple(dict.fromkeys(b for _, b in axes.pairs))
+        changes.setdefault("optimizer", optimizers)
+        changes.setdefault("batch_size", batches)
+        changes["pairs"] = None
+    elif axes.pairs is not None:
+        changes["pairs"] = axes.pairs
+    return replace(axes, **changes)
+
+
+def build_experiment(
+    preset: str | None = None,
+    config: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Experiment:
+    """Preset, then TOML file, then flags: each later source overrides the earlier ones."""
+    file_values = load_toml(config) if config is not None else {}
+    preset = preset or file_values.get("preset") or "notebook"
+    if preset not in PRESETS:
+        raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; received {preset!r}")
+    axes = apply_overrides(PRESETS[preset], file_values)
+    axes = apply_overrides(axes, overrides or {})
+    name = (overrides or {}).get("name") or file_values.get("name") or preset
+    return expand(str(name), axes)

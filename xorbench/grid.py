@@ -154,6 +154,14 @@ def _allowed(option: str, allowed: Sequence[Any], values: Sequence[Any]) -> None
             )
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def validate(axes: Axes) -> None:
     """Raise :class:`ConfigError` for the first value that is not allowed."""
     _allowed("framework", FRAMEWORKS, axes.framework)
@@ -172,28 +180,28 @@ def validate(axes: Axes) -> None:
         if not values:
             raise ConfigError(f"{option} needs at least one value; received none")
     for batch in batch_sizes:
-        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= N_TRAIN:
+        if not _is_int(batch) or not 1 <= batch <= N_TRAIN:
             raise ConfigError(
                 f"batch_size must be an integer from 1 to {N_TRAIN} (the training set); "
                 f"received {batch!r}"
             )
     for lr in axes.lr:
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+        if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"lr must be a finite number > 0; received {lr!r}")
     for hidden in axes.hidden:
-        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+        if not hidden or any(not _is_int(h) or h < 1 for h in hidden):
             raise ConfigError(
                 f"hidden must be one or more layer widths >= 1, such as 3x4; received {hidden!r}"
             )
     for epochs in axes.epochs:
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        if not _is_int(epochs) or epochs < 1:
             raise ConfigError(f"epochs must be an integer >= 1; received {epochs!r}")
-    if isinstance(axes.seeds, bool) or not isinstance(axes.seeds, int) or axes.seeds < 1:
+    if not _is_int(axes.seeds) or axes.seeds < 1:
         raise ConfigError(f"seeds must be an integer >= 1; received {axes.seeds!r}")
-    if isinstance(axes.base_seed, bool) or not isinstance(axes.base_seed, int) or axes.base_seed < 0:
+    if not _is_int(axes.base_seed) or axes.base_seed < 0:
         raise ConfigError(f"base_seed must be an integer >= 0; received {axes.base_seed!r}")
     target = axes.target
-    if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
+    if not _is_number(target) or not 0 < target <= 1:
         raise ConfigError(f"target must be a number in (0, 1]; received {target!r}")
 
 
@@ -220,7 +228,7 @@ def parse_list(option: str, text: str, kind: type) -> tuple[Any, ...]:
 
 
 def _as_tuple(value: Any) -> tuple[Any, ...]:
-    return tuple(value) if isinstance(value, list) else (value,)
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
 
 
 TOML_KEYS: dict[str, str] = {

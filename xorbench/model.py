@@ -11,6 +11,7 @@ cross-entropy computed from the logit, which stays finite however saturated the 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,7 +35,7 @@ def glorot_uniform(hidden: Sequence[int], init_seed: int) -> Weights:
     rng = np.random.default_rng(init_seed)
     sizes = layer_sizes(hidden)
     weights: Weights = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         limit = np.sqrt(6.0 / (fan_in + fan_out))
         kernel = rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(np.float32)
         weights.append((kernel, np.zeros(fan_out, dtype=np.float32)))
@@ -103,7 +104,7 @@ def flatten(weights: Weights) -> np.ndarray:
 def unflatten(vector: np.ndarray, hidden: Sequence[int]) -> Weights:
     """Inverse of :func:`flatten` for a network with the given hidden sizes."""
     sizes = layer_sizes(hidden)
-    expected = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:], strict=True))
+    expected = sum(i * o + o for i, o in itertools.pairwise(sizes))
     if len(vector) != expected:
         raise ValueError(
             f"a network with hidden={tuple(hidden)} has {expected} parameters; "
@@ -111,7 +112,7 @@ def unflatten(vector: np.ndarray, hidden: Sequence[int]) -> Weights:
         )
     weights: Weights = []
     at = 0
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         kernel = np.asarray(vector[at : at + fan_in * fan_out]).reshape(fan_in, fan_out)
         at += fan_in * fan_out
         bias = np.asarray(vector[at : at + fan_out])

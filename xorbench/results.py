@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,124 @@ def run_weights(weights: pd.DataFrame, run_id: str) -> Weights:
         raise KeyError(f"no weights stored for run {run_id!r}")
     params = np.asarray(row["params"].iloc[0], dtype=np.float32)
     return unflatten(params, parse_hidden(row["hidden"].iloc[0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a results directory: manifest, one part per finished cell, merged tables
+
+
+class ResultsDirError(ValueError):
+    """A results path that cannot be used as asked; the message is one line for the user."""
+
+
+def _normalised(data: dict[str, Any]) -> dict[str, Any]:
+    normal: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return normal
+
+
+def check_target(path: Path, experiment: Any) -> None:
+    """Refuse a path that is a file, or a results directory of a different experiment."""
+    if path.exists() and not path.is_dir():
+        raise ResultsDirError(f"--out must be a directory; {path} is a file")
+    if path.is_dir() and any(path.iterdir()) and not is_results_dir(path):
+        raise ResultsDirError(
+            f"--out {path} is a non-empty directory that is not an xorbench results directory"
+        )
+    if is_results_dir(path):
+        old = read_manifest(path).get("experiment")
+        if old != _normalised(experiment.to_dict()):
+            raise ResultsDirError(
+                f"{path} holds results of a different config; choose another --out, "
+                "or pass --restart to delete them and start over"
+            )
+
+
+def start(path: Path, experiment: Any, *, workers: int) -> dict[str, Any]:
+    """Create (or reopen, to resume) a results directory and write its manifest."""
+    from xorbench.environment import describe
+
+    check_target(path, experiment)
+    (path / PARTS).mkdir(parents=True, exist_ok=True)
+    previous = read_manifest(path) if is_results_dir(path) else {}
+    manifest = {
+        "experiment": _normalised(experiment.to_dict()),
+        **describe(),
+        "workers": workers,
+        "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sessions": [*previous.get("sessions", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")],
+        "finished": None,
+        "wall_time_note": "wall_s in runs.parquet is each run's own training time, "
+        "from the start of its fit to its end",
+    }
+    write_json_atomic(manifest, path / MANIFEST)
+    return manifest
+
+
+def finish(path: Path, manifest: dict[str, Any]) -> None:
+    """Stamp the manifest with the end time."""
+    manifest = dict(manifest, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_json_atomic(manifest, path / MANIFEST)
+
+
+def _part_paths(parts_dir: Path, key: str) -> dict[str, Path]:
+    return {table: parts_dir / f"{key}.{table}.parquet" for table in ("runs", "history", "weights")}
+
+
+def write_part(
+    parts_dir: Path, key: str, runs: pd.DataFrame, history: pd.DataFrame, weights: pd.DataFrame
+) -> None:
+    """Write one finished cell; its runs file is written last and marks the cell as done."""
+    paths = _part_paths(parts_dir, key)
+    write_atomic(history, paths["history"])
+    write_atomic(weights, paths["weights"])
+    write_atomic(runs, paths["runs"])
+
+
+def finished_cells(path: Path) -> set[str]:
+    """Keys of the cells whose parts are complete and readable."""
+    done = set()
+    for runs_path in sorted((path / PARTS).glob("*.runs.parquet")):
+        key = runs_path.name.removesuffix(".runs.parquet")
+        paths = _part_paths(path / PARTS, key)
+        try:
+            for part in paths.values():
+                pd.read_parquet(part, columns=["run_id"])
+        except Exception as exc:  # a torn or corrupt part is rerun, never read
+            logger.warning("part of cell %s is unreadable (%s); it will be rerun", key, exc)
+            for part in paths.values():
+                part.unlink(missing_ok=True)
+            continue
+        done.add(key)
+    return done
+
+
+def merge_parts(path: Path, cell_keys: list[str]) -> pd.DataFrame:
+    """Merge the cells' parts, in grid order, into runs, history and weights tables.
+
+    History is streamed part by part, so the grid's seed-epoch rows are never all in memory.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = [_part_paths(path / PARTS, key) for key in cell_keys]
+    parts = [p for p in parts if p["runs"].exists()]
+    runs = pd.concat([pd.read_parquet(p["runs"]) for p in parts], ignore_index=True)
+    weights = pd.concat([pd.read_parquet(p["weights"]) for p in parts], ignore_index=True)
+
+    tmp = path / f".{HISTORY}.tmp-{os.getpid()}"
+    writer = None
+    try:
+        for p in parts:
+            table = pq.read_table(p["history"])
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        pa.Table.from_pandas(pd.DataFrame(columns=HISTORY_COLUMNS)).to_pandas().to_parquet(tmp)
+    os.replace(tmp, path / HISTORY)
+    write_atomic(weights, path / WEIGHTS)
+    write_atomic(runs, path / RUNS)
+    return runs

@@ -10,6 +10,18 @@ shape (epochs, n_train) and holds the training indices of each epoch in the orde
 The adapter trains ``cell.epochs`` epochs, feeding batch ``j`` of epoch ``e`` as
 ``orders[e, j*B:(j+1)*B]``, and returns one row per trained epoch. The untrained epoch 0 is
 computed by the caller from ``initial`` in numpy, the same for every framework.
+
+The seed-batched engine (modules ``lightning_batched``, ``keras_batched``) trains all seeds of a
+cell as one model whose weights carry a leading seed axis::
+
+    def fit_batched(cell: Cell, data: Dataset, initials: Sequence[Weights],
+                    orders: np.ndarray) -> list[TrainOutput]
+
+``initials[s]`` are seed ``s``'s starting weights and ``orders`` has shape
+(seeds, epochs, n_train). Every optimizer in the grid updates each weight from that weight's own
+gradient and state, and the training loss is the sum over seeds of each seed's batch mean, so each
+seed follows exactly the run the per-run engine would train. A seed whose loss stops being finite
+keeps that epoch's row, is frozen from then on, and does not disturb the others.
 """
 
 from __future__ import annotations

@@ -1,0 +1,495 @@
+"""The PyTorch Lightning adapter: one run trained by a real ``lightning.Trainer``.
+
+The network is an ``nn.Sequential`` of ``nn.Linear`` and ``nn.ReLU`` whose last layer outputs a
+logit; the loss is binary cross-entropy from that logit. Initial weights come in Keras layout and
+are loaded through :func:`xorbench.model.to_torch_layout` (``Linear.weight = kernel.T``).
+
+Batches follow the caller's ``orders`` exactly: a sampler yields one index tensor per batch, the
+consecutive slices of ``orders[epoch]``, and the dataset answers a whole index tensor at once, so
+no per-sample collation runs and no draw is taken from torch's global generator (field case F7).
+Lightning tells the sampler the epoch through ``set_epoch`` before each training epoch.
+
+The epoch's training loss and accuracy are accumulated on the module by hand, weighted by batch
+size, instead of through ``self.log``, which costs about half a millisecond per step here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import lightning
+import numpy as np
+import torch
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from torch import Tensor, nn
+from torch.nn import functional
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import Sampler
+
+from xorbench.adapters.base import HISTORY_METRICS, TrainOutput
+from xorbench.data import Dataset, batch_bounds
+from xorbench.grid import Cell
+from xorbench.model import Weights, from_torch_layout, layer_sizes, to_torch_layout
+from xorbench.optimizers import OptimizerSpec, asgd_averaging_active, torch_kwargs
+
+log = logging.getLogger(__name__)
+
+FRAMEWORK = "lightning"
+
+_TORCH_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "asgd": torch.optim.ASGD,
+    "rmsprop": torch.optim.RMSprop,
+    "adam": torch.optim.Adam,
+}
+
+# Lightning's start-up and shutdown notes that say nothing about a CPU-only, single-process run.
+# They are info records of this logger; anything else it says still gets through.
+_LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+_NOISE_PREFIXES: tuple[str, ...] = (
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "`Trainer.fit` stopped: `max_epochs=",
+    "💡 Tip: For seamless cloud logging",
+)
+
+
+def torch_optimizer(params: Iterable[Tensor], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """Build the torch optimizer of ``spec`` with every hyperparameter written out.
+
+    Parameters
+    ----------
+    params
+        The parameters to optimize.
+    spec
+        The optimizer's name and learning rate; the other hyperparameters come from
+        :func:`xorbench.optimizers.torch_kwargs`, never from a library default.
+
+    Returns
+    -------
+    torch.optim.Optimizer
+        A ``torch.optim.SGD``, ``ASGD``, ``RMSprop`` or ``Adam``.
+    """
+    if spec.name not in _TORCH_OPTIMIZERS:
+        raise ValueError(
+            f"optimizer must be one of {', '.join(_TORCH_OPTIMIZERS)}; received {spec.name!r}"
+        )
+    return _TORCH_OPTIMIZERS[spec.name](params, **torch_kwargs(spec))
+
+
+def build_network(hidden: Sequence[int]) -> nn.Sequential:
+    """The MLP 2 -> hidden -> 1 as ``nn.Linear`` layers with ReLU between them; float32."""
+    sizes = layer_sizes(hidden)
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class _IndexedTensors(TorchDataset[tuple[Tensor, Tensor]]):
+    """Inputs and targets as tensors; an item is a whole batch, addressed by an index tensor."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        return self.x[index], self.y[index]
+
+
+class EpochOrderSampler(Sampler[Tensor]):
+    """Yield the batches of ``orders[epoch]``: consecutive slices of ``batch_size`` indices.
+
+    Lightning calls :meth:`set_epoch` with the epoch's index before each training epoch, so the
+    order depends on the epoch alone, not on how often or when the loader is iterated.
+    """
+
+    def __init__(self, orders: np.ndarray, batch_size: int) -> None:
+        self.orders = torch.from_numpy(np.ascontiguousarray(orders, dtype=np.int64))
+        self.bounds = batch_bounds(self.orders.shape[1], batch_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the row of ``orders`` that the next iteration yields."""
+        if not 0 <= epoch < len(self.orders):
+            raise ValueError(
+                f"epoch must be in [0, {len(self.orders)}) (the rows of orders); "
+                f"received epoch={epoch}"
+            )
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        row = self.orders[self.epoch]
+        for start, stop in self.bounds:
+            yield row[start:stop]
+
+
+class _WholeSetSampler(Sampler[Tensor]):
+    """Yield every index of a dataset as one batch."""
+
+    def __init__(self, n: int) -> None:
+        self.index = torch.arange(n)
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[Tensor]:
+        yield self.index
+
+
+def _as_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Collate function of a loader whose items already are batches: pass them through."""
+    return batch
+
+
+def _loader(dataset: _IndexedTensors, sampler: Sampler[Tensor]) -> DataLoader:
+    # batch_size=None turns off automatic batching: each sampled index tensor is one item.
+    # The loader gets its own generator, because creating an iterator draws a base seed from
+    # torch's global generator otherwise, even when nothing is shuffled.
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=sampler,
+        collate_fn=_as_batch,
+        num_workers=0,
+        generator=torch.Generator(),
+    )
+
+
+class XorModule(lightning.LightningModule):
+    """The XOR MLP with its loss, its optimizer and per-epoch bookkeeping for xorbench.
+
+    Parameters
+    ----------
+    hidden
+        Widths of the hidden layers, such as (3, 4).
+    spec
+        The optimizer and its learning rate.
+
+    Attributes
+    ----------
+    rows
+        One (train_loss, train_acc, val_loss, val_acc) tuple per finished epoch; the validation
+        values are NaN for an epoch that was not validated.
+    steps
+        Optimizer updates made so far.
+    diverged
+        Whether a training loss was not finite; training stops at the end of that epoch.
+    """
+
+    def __init__(self, hidden: Sequence[int], spec: OptimizerSpec) -> None:
+        super().__init__()
+        self.net = build_network(hidden)
+        self.spec = spec
+        self.rows: list[tuple[float, float, float, float]] = []
+        self.steps = 0
+        self.diverged = False
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._loss_sum = 0.0
+        self._correct = 0
+        self._seen = 0
+        self._val: tuple[float, float] = (math.nan, math.nan)
+        self._swapped_out: list[Tensor] | None = None
+
+    # -- weights ---------------------------------------------------------------------------
+
+    def set_weights(self, weights: Weights) -> None:
+        """Copy Keras-layout ``weights`` into the ``Linear`` layers (each kernel transposed)."""
+        linears = self._linears()
+        if len(weights) != len(linears):
+            raise ValueError(
+                f"weights must have one (kernel, bias) pair per layer, {len(linears)} here; "
+                f"received {len(weights)}"
+            )
+        with torch.no_grad():
+            for layer, (weight, bias) in zip(linears, to_torch_layout(weights), strict=True):
+                if weight.shape != tuple(layer.weight.shape) or bias.shape != tuple(layer.bias.shape):
+                    raise ValueError(
+                        f"a layer of shape [out, in] = {list(layer.weight.shape)} needs a kernel "
+                        f"of shape {list(layer.weight.shape)[::-1]} and a bias of "
+                        f"{layer.bias.shape[0]}; received kernel {list(weight.shape)[::-1]} "
+                        f"and bias {list(bias.shape)}"
+                    )
+                layer.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
+                layer.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
+
+    def get_weights(self) -> Weights:
+        """The current weights in Keras layout, float32 copies."""
+        return self._read(self._linears(), [p for layer in self._linears() for p in layer.parameters()])
+
+    def final_weights(self) -> Weights:
+        """The weights to report: ASGD's averaged iterate when averaging was active."""
+        averaged = self._averaged_iterate()
+        if averaged is None:
+            return self.get_weights()
+        return self._read(self._linears(), averaged)
+
+    def averaging_active(self) -> bool | None:
+        """For ASGD, whether the average has left the iterates so far; None otherwise."""
+        if self.spec.name != "asgd":
+            return None
+        return asgd_averaging_active(self.steps, float(torch_kwargs(self.spec)["t0"]))
+
+    def _linears(self) -> list[nn.Linear]:
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    @staticmethod
+    def _read(linears: list[nn.Linear], tensors: list[Tensor]) -> Weights:
+        # Parameters come as weight, bias per layer, in the order of ``parameters()``.
+        pairs = [
+            (
+                tensors[2 * i].detach().numpy().astype(np.float32, copy=True),
+                tensors[2 * i + 1].detach().numpy().astype(np.float32, copy=True),
+            )
+            for i in range(len(linears))
+        ]
+        return from_torch_layout(pairs)
+
+    def _averaged_iterate(self) -> list[Tensor] | None:
+        """ASGD's ``ax`` for every parameter when averaging was active, else None."""
+        if not self.averaging_active() or self._optimizer is None:
+            return None
+        state = self._optimizer.state
+        return [state[p]["ax"] for p in self.parameters()]
+
+    # -- computation -----------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of shape (n,) for inputs of shape (n, 2)."""
+        return self.net(x).squeeze(-1)
+
+    @staticmethod
+    def loss(logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean binary cross-entropy computed from logits; finite however large the logits."""
+        return functional.binary_cross_entropy_with_logits(logits, targets)
+
+    @staticmethod
+    def correct(logits: Tensor, targets: Tensor) -> int:
+        """How many samples are classified right: class 1 where the logit is > 0."""
+        return int(((logits > 0) == (targets > 0.5)).sum())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """The optimizer of ``spec``, kept so the ASGD average can be read back."""
+        self._optimizer = torch_optimizer(self.parameters(), self.spec)
+        return self._optimizer
+
+    # -- training --------------------------------------------------------------------------
+
+    def on_train_epoch_start(self) -> None:
+        """Reset the epoch's running sums and validation values."""
+        self._loss_sum = 0.0
+        self._correct = 0
+        self._seen = 0
+        self._val = (math.nan, math.nan)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Loss of one batch, before its update; adds it to the epoch's sums."""
+        x, y = batch
+        logits = self(x)
+        loss = self.loss(logits, y)
+
+        # Weighted by batch size, so a smaller last batch counts for its samples only (F5).
+        n = len(y)
+        self._loss_sum += float(loss.detach()) * n
+        self._correct += self.correct(logits.detach(), y)
+        self._seen += n
+        self.steps += 1
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        """Record the epoch's row; stop after this epoch when its loss was not finite."""
+        train_loss = self._loss_sum / self._seen
+        self.rows.append((train_loss, self._correct / self._seen, *self._val))
+        if not math.isfinite(train_loss):
+            self.diverged = True
+            self.trainer.should_stop = True
+
+    # -- validation ------------------------------------------------------------------------
+
+    def on_validation_start(self) -> None:
+        """Evaluate ASGD's averaged iterate instead of the last one when averaging is active."""
+        averaged = self._averaged_iterate()
+        if averaged is None:
+            return
+        with torch.no_grad():
+            self._swapped_out = [p.detach().clone() for p in self.parameters()]
+            for p, a in zip(self.parameters(), averaged, strict=True):
+                p.copy_(a)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Loss and accuracy on the whole validation set, one batch."""
+        x, y = batch
+        logits = self(x)
+        self._val = (float(self.loss(logits, y)), self.correct(logits, y) / len(y))
+
+    def on_validation_end(self) -> None:
+        """Put the last iterate back after validating the averaged one."""
+        if self._swapped_out is None:
+            return
+        with torch.no_grad():
+            for p, saved in zip(self.parameters(), self._swapped_out, strict=True):
+                p.copy_(saved)
+        self._swapped_out = None
+
+
+# ---------------------------------------------------------------------------------------------
+# fit
+
+
+def _check_inputs(cell: Cell, data: Dataset, initial: Weights, orders: np.ndarray, val_every: int) -> None:
+    """Raise ValueError for inputs that break the adapter contract."""
+    if cell.framework != FRAMEWORK:
+        raise ValueError(
+            f"cell.framework must be {FRAMEWORK!r} for this adapter; received {cell.framework!r}"
+        )
+    if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 1:
+        raise ValueError(f"val_every must be an integer >= 1; received {val_every!r}")
+    expected = (cell.epochs, data.n_train)
+    if orders.ndim != 2 or orders.shape[0] < cell.epochs or orders.shape[1] != data.n_train:
+        raise ValueError(
+            f"orders must have shape (epochs, n_train) = {expected}; received {orders.shape}"
+        )
+    if orders.size and (orders.min() < 0 or orders.max() >= data.n_train):
+        raise ValueError(
+            f"orders must hold training indices in [0, {data.n_train}); received values from "
+            f"{orders.min()} to {orders.max()}"
+        )
+    if len(initial) != len(cell.hidden) + 1:
+        raise ValueError(
+            f"initial must have {len(cell.hidden) + 1} layers for hidden={cell.hidden}; "
+            f"received {len(initial)}"
+        )
+
+
+class _DropNoise(logging.Filter):
+    """Drop Lightning's hardware and shutdown notes, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_NOISE_PREFIXES)
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence the notes and warnings that are only noise for one tiny CPU run."""
+    logger = logging.getLogger(_LIGHTNING_INFO_LOGGER)
+    noise = _DropNoise()
+    logger.addFilter(noise)
+    try:
+        with warnings.catch_warnings():
+            # The data already sit in memory as tensors: worker processes would only add cost.
+            warnings.filterwarnings(
+                "ignore", message=r".*does not have many workers.*", category=PossibleUserWarning
+            )
+            # Lightning 2.6 builds torch's deprecated LeafSpec when it wraps the loaders; harmless
+            # here. https://github.com/Lightning-AI/pytorch-lightning/issues/21326
+            warnings.filterwarnings(
+                "ignore",
+                message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                category=FutureWarning,
+            )
+            yield
+    finally:
+        logger.removeFilter(noise)
+
+
+@contextmanager
+def _restore_determinism() -> Iterator[None]:
+    """Undo the process-wide flags that ``Trainer(deterministic=True)`` sets, after the run."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
+def make_trainer(epochs: int, val_every: int = 1) -> lightning.Trainer:
+    """A Trainer with every extra off: no progress bar, checkpoints, summary, logger or sanity run."""
+    return lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        check_val_every_n_epoch=val_every,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        logger=False,
+        deterministic=True,
+    )
+
+
+def fit(
+    cell: Cell, data: Dataset, initial: Weights, orders: np.ndarray, val_every: int = 1
+) -> TrainOutput:
+    """Train one run of ``cell`` with a Lightning Trainer, per :mod:`xorbench.adapters.base`.
+
+    Parameters
+    ----------
+    cell
+        The grid point: optimizer, batch size, learning rate, epochs and hidden widths.
+    data
+        Training and validation sets.
+    initial
+        Starting weights in Keras layout (kernel [in, out]).
+    orders
+        int array of shape (epochs, n_train): the training indices of each epoch, in order.
+    val_every
+        Validate every this many epochs; the other epochs get NaN validation values.
+
+    Returns
+    -------
+    TrainOutput
+        History of shape (epochs_trained, 4), final float32 weights in Keras layout, whether the
+        run diverged, whether ASGD averaged, and the number of updates.
+    """
+    orders = np.asarray(orders)
+    _check_inputs(cell, data, initial, orders, val_every)
+
+    # One thread is fastest for a network this small; the runner sets it too.
+    torch.set_num_threads(1)
+
+    module = XorModule(cell.hidden, cell.optimizer_spec)
+    module.set_weights(initial)
+    train = _loader(
+        _IndexedTensors(data.x_train, data.y_train),
+        EpochOrderSampler(orders[: cell.epochs], cell.batch_size),
+    )
+    val = _loader(_IndexedTensors(data.x_val, data.y_val), _WholeSetSampler(len(data.x_val)))
+
+    with _quiet_lightning(), _restore_determinism():
+        trainer = make_trainer(cell.epochs, val_every)
+        trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+
+    history = np.array(module.rows, dtype=np.float64).reshape(-1, len(HISTORY_METRICS))
+    if module.diverged:
+        log.info("%s diverged at epoch %d", cell.key, len(module.rows))
+    return TrainOutput(
+        history=history,
+        final_weights=module.final_weights(),
+        diverged=module.diverged,
+        asgd_averaging=module.averaging_active(),
+        steps=module.steps,
+    )

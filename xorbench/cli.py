@@ -1,0 +1,179 @@
+"""The ``xorbench`` command: ``run`` trains a grid and reports it, ``report`` redraws a report.
+
+Only this module prints. Frameworks are imported in worker processes, never here, so
+``xorbench --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from xorbench.grid import PRESETS, Cell, ConfigError, build_experiment, parse_list
+from xorbench.results import ResultsDirError, check_target, is_results_dir
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``xorbench run: error: <what was wrong>``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _list(kind: type, option: str) -> Any:
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return parse_list(option, text, kind)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _positive_int(option: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{option} must be an integer >= 1; received {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="xorbench",
+        description="Train a tiny XOR network in Lightning and Keras over optimizers, batch "
+        "sizes and seeds; write tidy results and a Markdown report.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="train a grid, write RESULTS and a report")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset "
+                        "(default: notebook)")
+    source.add_argument("--config", type=Path, metavar="FILE.toml", help="a TOML config file")
+    run.add_argument("--name", help="the experiment's name (default: the preset's)")
+    run.add_argument("--framework", type=_list(str, "--framework"), help="lightning,keras")
+    run.add_argument("--optimizer", type=_list(str, "--optimizer"), help="sgd,asgd,rmsprop,adam")
+    run.add_argument("--batch-size", type=_list(int, "--batch-size"), help="e.g. 1,8,32,150")
+    run.add_argument("--lr", type=_list(float, "--lr"), help="learning rates, e.g. 0.05,0.1")
+    run.add_argument("--hidden", type=_list(tuple, "--hidden"), help="hidden widths, e.g. 3x4")
+    run.add_argument("--epochs", type=_list(int, "--epochs"), help="epochs per run")
+    run.add_argument("--seeds", type=_positive_int("--seeds"), help="seeds per cell")
+    run.add_argument("--base-seed", type=int, help="the seed every run's seeds derive from")
+    run.add_argument("--target", type=float, help="val accuracy that counts as reached (0.9)")
+    run.add_argument("--data-per-run", action="store_true", default=None,
+                     help="draw the XOR points per run (data-sampling variance)")
+    run.add_argument("--workers", type=_positive_int("--workers"),
+                     help="worker processes (default: the number of cores)")
+    run.add_argument("--out", type=Path, help="results directory (default: results/NAME)")
+    run.add_argument("--restart", action="store_true",
+                     help="delete the results in --out and start over")
+    report_dest = run.add_mutually_exclusive_group()
+    report_dest.add_argument("--report-dir", type=Path, help="default: reports/NAME")
+    report_dest.add_argument("--no-report", action="store_true", help="skip the report")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    report = commands.add_parser("report", help="write the report of a results directory")
+    report.add_argument("results", type=Path, metavar="RESULTS")
+    report.add_argument("--out", type=Path, help="report directory (default: reports/NAME)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ["name", "framework", "optimizer", "batch_size", "lr", "hidden", "epochs", "seeds",
+             "base_seed", "target", "data_per_run"]
+    return {name: getattr(args, name) for name in names}
+
+
+def _progress(total_runs: int, quiet: bool) -> tuple[Any, Any]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_runs, unit="run", disable=quiet, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}<{remaining}]")
+
+    def on_cell_done(cell: Cell, runs: Any) -> None:
+        bad = int((runs["status"] != "ok").sum())
+        bar.set_postfix_str(f"{cell.key}" + (f" ({bad} not ok)" if bad else ""), refresh=False)
+        bar.update(len(runs))
+
+    return bar, on_cell_done
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    experiment = build_experiment(args.preset, args.config, _overrides(args))
+    out = args.out or Path("results") / experiment.name
+    if args.restart and out.exists():
+        if not is_results_dir(out):
+            raise ResultsDirError(f"--restart deletes results directories only; {out} is not one")
+        shutil.rmtree(out)
+    check_target(out, experiment)
+
+    from xorbench.runner import run_experiment
+
+    n_runs = len(experiment.cells) * experiment.seeds
+    print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {experiment.seeds} "
+          f"seeds = {n_runs} runs -> {out}", file=sys.stderr)
+    bar, on_cell_done = _progress(n_runs, args.quiet)
+    start = time.perf_counter()
+    with bar:
+        runs = run_experiment(experiment, out, workers=args.workers, on_cell_done=on_cell_done)
+    counts = runs["status"].value_counts().to_dict()
+    print(f"xorbench: {len(runs)} runs in {time.perf_counter() - start:.1f} s "
+          f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); results in {out}")
+
+    if not args.no_report:
+        from xorbench.report import write_report
+
+        path = write_report(out, args.report_dir or Path("reports") / experiment.name)
+        print(f"xorbench: report in {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path: Path = args.results
+    if not path.is_dir() or not is_results_dir(path):
+        raise ResultsDirError(f"RESULTS must be an xorbench results directory; received {path}")
+
+    from xorbench.report import write_report
+    from xorbench.results import read_manifest
+
+    name = read_manifest(path).get("experiment", {}).get("name", path.name)
+    report = write_report(path, args.out or Path("reports") / name)
+    print(f"xorbench: report in {report}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    command = {"run": cmd_run, "report": cmd_report}[args.command]
+    try:
+        return command(args)
+    except (ConfigError, ResultsDirError) as exc:
+        print(f"xorbench {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("xorbench: interrupted; finished cells are kept and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

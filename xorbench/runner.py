@@ -1,0 +1,279 @@
+"""Run an experiment's cells in worker processes and write the results directory.
+
+Each framework gets its own pool of spawned worker processes, one thread each, so torch and
+TensorFlow never share a process (importing both in one process has been reported to crash) and
+each framework is imported once per worker, not once per cell. A worker trains a whole cell (all
+its seeds) and writes the cell's rows as parts under ``RESULTS/parts``; when every cell is done
+the parts are merged into ``runs.parquet``, ``history.parquet`` and ``weights.parquet``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xorbench import results
+from xorbench.adapters.base import HISTORY_METRICS, TrainOutput, load_adapter
+from xorbench.data import Dataset, batch_orders, make_xor, steps_per_epoch
+from xorbench.grid import Cell, Experiment
+from xorbench.model import Weights, evaluate, flatten, glorot_uniform
+from xorbench.seeds import RunSeeds, data_seed, derive_seeds
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[Cell, pd.DataFrame], None]
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Everything a worker needs to train one cell and write its part."""
+
+    cell: Cell
+    seeds: tuple[RunSeeds, ...]
+    base_seed: int
+    data_per_run: bool
+    target: float
+    parts_dir: Path
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+
+
+def initial_history(weights: Weights, data: Dataset) -> np.ndarray:
+    """The epoch-0 row (train_loss, train_acc, val_loss, val_acc) of the untrained model."""
+    train_loss, train_acc = evaluate(weights, data.x_train, data.y_train)
+    val_loss, val_acc = evaluate(weights, data.x_val, data.y_val)
+    return np.array([[train_loss, train_acc, val_loss, val_acc]])
+
+
+def epochs_to_target(val_acc: np.ndarray, target: float) -> int | None:
+    """The first epoch whose validation accuracy is >= target, or None if none is."""
+    reached = np.flatnonzero(val_acc >= target)
+    return int(reached[0]) if reached.size else None
+
+
+def train_run(
+    adapter_fit: Callable[..., TrainOutput],
+    cell: Cell,
+    run: RunSeeds,
+    data: Dataset,
+) -> tuple[str, str, TrainOutput | None, np.ndarray, float]:
+    """Train one seed of a cell; exceptions become a ``failed`` status with the message kept.
+
+    Returns (status, error, output, history, wall seconds), where history has shape
+    (epochs_trained + 1, 4) and starts with the untrained epoch 0.
+    """
+    initial = glorot_uniform(cell.hidden, run.init_seed)
+    orders = batch_orders(run.order_seed, data.n_train, cell.epochs)
+    start = time.perf_counter()
+    try:
+        output = adapter_fit(cell, data, initial, orders)
+    except Exception as exc:  # a failing run is recorded, and the other runs go on
+        wall = time.perf_counter() - start
+        logger.warning("run %s seed %d failed: %s", cell.key, run.seed, exc)
+        logger.debug("%s", traceback.format_exc())
+        error = f"{type(exc).__name__}: {exc}"
+        return "failed", error, None, initial_history(initial, data), wall
+    wall = time.perf_counter() - start
+    history = np.vstack([initial_history(initial, data), output.history])
+    status = "diverged" if output.diverged else "ok"
+    return status, "", output, history, wall
+
+
+def cell_frames(
+    task: CellTask, fit: Callable[..., TrainOutput]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train every seed of a cell; return its (runs, history, weights) tables."""
+    cell = task.cell
+    keys: dict[str, Any] = {
+        "framework": cell.framework,
+        "optimizer": cell.optimizer,
+        "batch_size": cell.batch_size,
+        "lr": cell.lr,
+        "hidden": results.hidden_label(cell.hidden),
+        "epochs": cell.epochs,
+    }
+    shared_data = make_xor(data_seed(task.base_seed))
+    run_rows, history_parts, weight_rows = [], [], []
+
+    for run in task.seeds:
+        run_data_seed = data_seed(task.base_seed, run.seed if task.data_per_run else None)
+        data = make_xor(run_data_seed) if task.data_per_run else shared_data
+        status, error, output, history, wall = train_run(fit, cell, run, data)
+        run_id = f"{cell.key}-s{run.seed}"
+
+        frame = pd.DataFrame(history, columns=list(HISTORY_METRICS))
+        frame.insert(0, "epoch", np.arange(len(history)))
+        history_parts.append(frame.assign(run_id=run_id, **keys, seed=run.seed))
+
+        last = history[-1]
+        run_rows.append(
+            {
+                "run_id": run_id,
+                "cell": cell.key,
+                **keys,
+                "seed": run.seed,
+                "init_seed": run.init_seed,
+                "order_seed": run.order_seed,
+                "data_seed": run_data_seed,
+                "status": status,
+                "error": error,
+                "final_train_loss": last[0] if output is not None else np.nan,
+                "final_val_loss": last[2] if output is not None else np.nan,
+                "final_val_acc": last[3] if output is not None else np.nan,
+                "best_val_acc": np.nanmax(history[1:, 3]) if output is not None else np.nan,
+                "target": task.target,
+                "epochs_to_target": epochs_to_target(history[:, 3], task.target)
+                if output is not None
+                else None,
+                "epochs_trained": len(history) - 1,
+                "steps": output.steps if output is not None else 0,
+                "asgd_averaging": output.asgd_averaging if output is not None else None,
+                "wall_s": wall,
+            }
+        )
+        if output is not None:
+            params = flatten(output.final_weights).astype(np.float32)
+            weight_rows.append({"run_id": run_id, "hidden": keys["hidden"], "params": params})
+
+    runs = pd.DataFrame(run_rows, columns=results.RUN_COLUMNS)
+    runs["epochs_to_target"] = runs["epochs_to_target"].astype("Int64")
+    runs["asgd_averaging"] = runs["asgd_averaging"].astype("boolean")
+    history_table = pd.concat(history_parts, ignore_index=True)[results.HISTORY_COLUMNS]
+    weights = pd.DataFrame(weight_rows, columns=results.WEIGHT_COLUMNS)
+    return runs, history_table, weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker processes
+
+
+def _init_worker(framework: str) -> None:
+    """Pin the worker to one thread and import its framework once, before the first cell."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                "TF_NUM_INTEROP_THREADS"):
+        os.environ[var] = "1"
+    load_adapter(framework)
+
+
+def _run_task(task: CellTask) -> pd.DataFrame:
+    """Worker entry point: train the cell, write its part, return its runs rows."""
+    adapter = load_adapter(task.cell.framework)
+    runs, history, weights = cell_frames(task, adapter.fit)
+    results.write_part(task.parts_dir, task.cell.key, runs, history, weights)
+    return runs
+
+
+def estimated_cost(cell: Cell, seeds: int) -> float:
+    """A rough cost in milliseconds, to balance workers and start the longest cells first."""
+    per_step, per_epoch = (0.8, 1.5) if cell.framework == "lightning" else (0.9, 3.0)
+    steps = steps_per_epoch(150, cell.batch_size)
+    return seeds * cell.epochs * (steps * per_step + per_epoch)
+
+
+def split_workers(workers: int, cost_by_framework: dict[str, float]) -> dict[str, int]:
+    """Share ``workers`` processes among frameworks in proportion to their estimated work."""
+    frameworks = [fw for fw, cost in cost_by_framework.items() if cost > 0]
+    if len(frameworks) == 1 or workers < len(frameworks):
+        return dict.fromkeys(frameworks, workers)
+    total = sum(cost_by_framework[fw] for fw in frameworks)
+    shares = {fw: max(1, round(workers * cost_by_framework[fw] / total)) for fw in frameworks}
+    while sum(shares.values()) > workers:
+        biggest = max(shares, key=lambda fw: shares[fw])
+        shares[biggest] -= 1
+    return shares
+
+
+def run_experiment(
+    experiment: Experiment,
+    out_dir: Path,
+    *,
+    workers: int | None = None,
+    on_cell_done: ProgressCallback | None = None,
+) -> pd.DataFrame:
+    """Train every cell not yet finished in ``out_dir`` and write the results directory.
+
+    Returns the runs table. Cells whose parts are already in ``out_dir`` (same experiment) are
+    skipped, so an interrupted run resumes where it stopped.
+    """
+    workers = workers or os.cpu_count() or 1
+    manifest = results.start(out_dir, experiment, workers=workers)
+    done = results.finished_cells(out_dir)
+    todo = [cell for cell in experiment.cells if cell.key not in done]
+    if done:
+        logger.info("resuming: %d of %d cells already finished", len(done & {
+            c.key for c in experiment.cells}), len(experiment.cells))
+
+    seeds = tuple(derive_seeds(experiment.base_seed, experiment.seeds))
+    tasks = [
+        CellTask(cell, seeds, experiment.base_seed, experiment.data_per_run, experiment.target,
+                 out_dir / results.PARTS)
+        for cell in sorted(todo, key=lambda c: -estimated_cost(c, experiment.seeds))
+    ]
+    costs: dict[str, float] = {}
+    for task in tasks:
+        fw = task.cell.framework
+        costs[fw] = costs.get(fw, 0.0) + estimated_cost(task.cell, experiment.seeds)
+    shares = split_workers(workers, costs)
+    concurrent = sum(shares.values()) <= workers
+    logger.info("%d cells to train; worker processes per framework: %s", len(tasks), shares)
+
+    if concurrent:
+        _run_pools(tasks, shares, on_cell_done)
+    else:
+        for fw in shares:  # fewer workers than frameworks: one framework after the other
+            _run_pools([t for t in tasks if t.cell.framework == fw], {fw: shares[fw]},
+                       on_cell_done)
+
+    runs = results.merge_parts(out_dir, [c.key for c in experiment.cells])
+    results.finish(out_dir, manifest)
+    return runs
+
+
+def _run_pools(
+    tasks: Sequence[CellTask], shares: dict[str, int], on_cell_done: ProgressCallback | None
+) -> None:
+    """Run ``tasks`` on one spawned process pool per framework, reporting each finished cell."""
+    context = multiprocessing.get_context("spawn")
+    pools = {
+        fw: cf.ProcessPoolExecutor(n, mp_context=context, initializer=_init_worker,
+                                   initargs=(fw,))
+        for fw, n in shares.items()
+    }
+    try:
+        futures = {pools[t.cell.framework].submit(_run_task, t): t for t in tasks}
+        for future in cf.as_completed(futures):
+            task = futures[future]
+            try:
+                runs = future.result()
+            except Exception as exc:  # the worker died: the cell fails, the grid goes on
+                runs = _record_lost_cell(task, exc)
+            if on_cell_done is not None:
+                on_cell_done(task.cell, runs)
+    finally:
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _record_lost_cell(task: CellTask, exc: BaseException) -> pd.DataFrame:
+    """Write a part that records every run of a cell whose worker died as failed."""
+    logger.error("cell %s lost its worker: %s", task.cell.key, exc)
+
+    def fail(*_: object) -> TrainOutput:
+        raise RuntimeError(f"worker process died: {type(exc).__name__}: {exc}")
+
+    runs, history, weights = cell_frames(task, fail)
+    results.write_part(task.parts_dir, task.cell.key, runs, history, weights)
+    return runs

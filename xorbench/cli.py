@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from xorbench.adapters.base import ENGINES
 from xorbench.grid import PRESETS, Cell, ConfigError, build_experiment, parse_list
 from xorbench.results import ResultsDirError, check_target, is_results_dir
 
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", type=float, help="val accuracy that counts as reached (0.9)")
     run.add_argument("--data-per-run", action="store_true", default=None,
                      help="draw the XOR points per run (data-sampling variance)")
+    run.add_argument("--engine", choices=ENGINES,
+                     help="batched: all seeds of a cell in one model; per-run: one run at a time")
     run.add_argument("--workers", type=_positive_int("--workers"),
                      help="worker processes (default: the number of cores)")
     run.add_argument("--out", type=Path, help="results directory (default: results/NAME)")
@@ -95,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["name", "framework", "optimizer", "batch_size", "lr", "hidden", "epochs", "seeds",
-             "base_seed", "target", "data_per_run"]
+             "base_seed", "target", "data_per_run", "engine"]
     return {name: getattr(args, name) for name in names}
 
 

@@ -15,12 +15,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from xorbench.adapters.base import FRAMEWORKS
+from xorbench.adapters.base import ENGINES, FRAMEWORKS
 from xorbench.data import N_TRAIN
 from xorbench.model import DEFAULT_HIDDEN
 from xorbench.optimizers import OPTIMIZERS, OptimizerSpec
-
-ENGINES: tuple[str, ...] = ("per-run",)
 
 
 class ConfigError(ValueError):
@@ -200,6 +198,9 @@ def validate(axes: Axes) -> None:
         raise ConfigError(f"seeds must be an integer >= 1; received {axes.seeds!r}")
     if not _is_int(axes.base_seed) or axes.base_seed < 0:
         raise ConfigError(f"base_seed must be an integer >= 0; received {axes.base_seed!r}")
+    if axes.data_per_run and axes.engine == "batched":
+        # The batched engine stacks seeds over one shared dataset.
+        raise ConfigError("data_per_run needs engine per-run; received engine 'batched'")
     target = axes.target
     if not _is_number(target) or not 0 < target <= 1:
         raise ConfigError(f"target must be a number in (0, 1]; received {target!r}")

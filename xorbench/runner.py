@@ -45,6 +45,7 @@ class CellTask:
     data_per_run: bool
     target: float
     parts_dir: Path
+    engine: str = "per-run"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,38 +65,79 @@ def epochs_to_target(val_acc: np.ndarray, target: float) -> int | None:
     return int(reached[0]) if reached.size else None
 
 
-def train_run(
-    adapter_fit: Callable[..., TrainOutput],
-    cell: Cell,
-    run: RunSeeds,
-    data: Dataset,
-) -> tuple[str, str, TrainOutput | None, np.ndarray, float]:
-    """Train one seed of a cell; exceptions become a ``failed`` status with the message kept.
+@dataclass
+class RunOutcome:
+    """One trained (or failed) run, before it becomes table rows.
 
-    Returns (status, error, output, history, wall seconds), where history has shape
-    (epochs_trained + 1, 4) and starts with the untrained epoch 0.
+    ``history`` has shape (epochs_trained + 1, 4) and starts with the untrained epoch 0.
     """
-    initial = glorot_uniform(cell.hidden, run.init_seed)
-    orders = batch_orders(run.order_seed, data.n_train, cell.epochs)
-    start = time.perf_counter()
-    try:
-        output = adapter_fit(cell, data, initial, orders)
-    except Exception as exc:  # a failing run is recorded, and the other runs go on
-        wall = time.perf_counter() - start
-        logger.warning("run %s seed %d failed: %s", cell.key, run.seed, exc)
-        logger.debug("%s", traceback.format_exc())
-        error = f"{type(exc).__name__}: {exc}"
-        return "failed", error, None, initial_history(initial, data), wall
-    wall = time.perf_counter() - start
+
+    status: str
+    error: str
+    output: TrainOutput | None
+    history: np.ndarray
+    wall_s: float
+
+
+def _failed(exc: BaseException, initial: Weights, data: Dataset, wall: float) -> RunOutcome:
+    logger.debug("%s", traceback.format_exc())
+    error = f"{type(exc).__name__}: {exc}"
+    return RunOutcome("failed", error, None, initial_history(initial, data), wall)
+
+
+def _trained(output: TrainOutput, initial: Weights, data: Dataset, wall: float) -> RunOutcome:
     history = np.vstack([initial_history(initial, data), output.history])
     status = "diverged" if output.diverged else "ok"
-    return status, "", output, history, wall
+    return RunOutcome(status, "", output, history, wall)
+
+
+def train_per_run(
+    fit: Callable[..., TrainOutput], cell: Cell, runs: Sequence[RunSeeds],
+    datasets: Sequence[Dataset],
+) -> list[RunOutcome]:
+    """Train the seeds one after the other; a failing run is recorded and the others go on."""
+    outcomes = []
+    for run, data in zip(runs, datasets, strict=True):
+        initial = glorot_uniform(cell.hidden, run.init_seed)
+        orders = batch_orders(run.order_seed, data.n_train, cell.epochs)
+        start = time.perf_counter()
+        try:
+            output = fit(cell, data, initial, orders)
+        except Exception as exc:  # recorded as failed; the other runs go on
+            logger.warning("run %s seed %d failed: %s", cell.key, run.seed, exc)
+            outcomes.append(_failed(exc, initial, data, time.perf_counter() - start))
+            continue
+        outcomes.append(_trained(output, initial, data, time.perf_counter() - start))
+    return outcomes
+
+
+def train_batched(
+    fit_batched: Callable[..., list[TrainOutput]], cell: Cell, runs: Sequence[RunSeeds],
+    data: Dataset,
+) -> list[RunOutcome]:
+    """Train all seeds as one seed-stacked model; each run's wall time is the cell's / seeds."""
+    initials = [glorot_uniform(cell.hidden, run.init_seed) for run in runs]
+    orders = np.stack([batch_orders(run.order_seed, data.n_train, cell.epochs) for run in runs])
+    start = time.perf_counter()
+    try:
+        outputs = fit_batched(cell, data, initials, orders)
+    except Exception as exc:  # the whole cell failed: every seed is recorded as failed
+        logger.warning("cell %s failed: %s", cell.key, exc)
+        wall = (time.perf_counter() - start) / len(runs)
+        return [_failed(exc, initial, data, wall) for initial in initials]
+    wall = (time.perf_counter() - start) / len(runs)
+    return [_trained(out, w, data, wall) for out, w in zip(outputs, initials, strict=True)]
 
 
 def cell_frames(
-    task: CellTask, fit: Callable[..., TrainOutput]
+    task: CellTask,
+    fit: Callable[..., TrainOutput],
+    fit_batched: Callable[..., list[TrainOutput]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Train every seed of a cell; return its (runs, history, weights) tables."""
+    """Train every seed of a cell; return its (runs, history, weights) tables.
+
+    With ``fit_batched`` the seeds are trained together (the batched engine), else one by one.
+    """
     cell = task.cell
     keys: dict[str, Any] = {
         "framework": cell.framework,
@@ -105,19 +147,25 @@ def cell_frames(
         "hidden": results.hidden_label(cell.hidden),
         "epochs": cell.epochs,
     }
-    shared_data = make_xor(data_seed(task.base_seed))
-    run_rows, history_parts, weight_rows = [], [], []
+    data_seeds = [
+        data_seed(task.base_seed, run.seed if task.data_per_run else None) for run in task.seeds
+    ]
+    if fit_batched is not None:
+        outcomes = train_batched(fit_batched, cell, task.seeds, make_xor(data_seeds[0]))
+    else:
+        cache = {seed: make_xor(seed) for seed in set(data_seeds)}
+        outcomes = train_per_run(fit, cell, task.seeds, [cache[s] for s in data_seeds])
 
-    for run in task.seeds:
-        run_data_seed = data_seed(task.base_seed, run.seed if task.data_per_run else None)
-        data = make_xor(run_data_seed) if task.data_per_run else shared_data
-        status, error, output, history, wall = train_run(fit, cell, run, data)
+    run_rows, history_parts, weight_rows = [], [], []
+    for run, run_data_seed, outcome in zip(task.seeds, data_seeds, outcomes, strict=True):
         run_id = f"{cell.key}-s{run.seed}"
+        output, history = outcome.output, outcome.history
 
         frame = pd.DataFrame(history, columns=list(HISTORY_METRICS))
         frame.insert(0, "epoch", np.arange(len(history)))
         history_parts.append(frame.assign(run_id=run_id, **keys, seed=run.seed))
 
+        trained = output is not None
         last = history[-1]
         run_rows.append(
             {
@@ -128,20 +176,20 @@ def cell_frames(
                 "init_seed": run.init_seed,
                 "order_seed": run.order_seed,
                 "data_seed": run_data_seed,
-                "status": status,
-                "error": error,
-                "final_train_loss": last[0] if output is not None else np.nan,
-                "final_val_loss": last[2] if output is not None else np.nan,
-                "final_val_acc": last[3] if output is not None else np.nan,
-                "best_val_acc": np.nanmax(history[1:, 3]) if output is not None else np.nan,
+                "status": outcome.status,
+                "error": outcome.error,
+                "final_train_loss": last[0] if trained else np.nan,
+                "final_val_loss": last[2] if trained else np.nan,
+                "final_val_acc": last[3] if trained else np.nan,
+                "best_val_acc": np.nanmax(history[1:, 3]) if trained else np.nan,
                 "target": task.target,
                 "epochs_to_target": epochs_to_target(history[:, 3], task.target)
-                if output is not None
+                if trained
                 else None,
                 "epochs_trained": len(history) - 1,
                 "steps": output.steps if output is not None else 0,
                 "asgd_averaging": output.asgd_averaging if output is not None else None,
-                "wall_s": wall,
+                "wall_s": outcome.wall_s,
             }
         )
         if output is not None:
@@ -160,18 +208,21 @@ def cell_frames(
 # Worker processes
 
 
-def _init_worker(framework: str) -> None:
+def _init_worker(framework: str, engine: str) -> None:
     """Pin the worker to one thread and import its framework once, before the first cell."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                 "TF_NUM_INTEROP_THREADS"):
         os.environ[var] = "1"
-    load_adapter(framework)
+    load_adapter(framework, engine)
 
 
 def _run_task(task: CellTask) -> pd.DataFrame:
     """Worker entry point: train the cell, write its part, return its runs rows."""
-    adapter = load_adapter(task.cell.framework)
-    runs, history, weights = cell_frames(task, adapter.fit)
+    adapter = load_adapter(task.cell.framework, task.engine)
+    if task.engine == "batched":
+        runs, history, weights = cell_frames(task, adapter.fit_batched, adapter.fit_batched)
+    else:
+        runs, history, weights = cell_frames(task, adapter.fit)
     results.write_part(task.parts_dir, task.cell.key, runs, history, weights)
     return runs
 
@@ -219,7 +270,7 @@ def run_experiment(
     seeds = tuple(derive_seeds(experiment.base_seed, experiment.seeds))
     tasks = [
         CellTask(cell, seeds, experiment.base_seed, experiment.data_per_run, experiment.target,
-                 out_dir / results.PARTS)
+                 out_dir / results.PARTS, experiment.engine)
         for cell in sorted(todo, key=lambda c: -estimated_cost(c, experiment.seeds))
     ]
     costs: dict[str, float] = {}
@@ -231,11 +282,11 @@ def run_experiment(
     logger.info("%d cells to train; worker processes per framework: %s", len(tasks), shares)
 
     if concurrent:
-        _run_pools(tasks, shares, on_cell_done)
+        _run_pools(tasks, shares, on_cell_done, experiment.engine)
     else:
         for fw in shares:  # fewer workers than frameworks: one framework after the other
             _run_pools([t for t in tasks if t.cell.framework == fw], {fw: shares[fw]},
-                       on_cell_done)
+                       on_cell_done, experiment.engine)
 
     runs = results.merge_parts(out_dir, [c.key for c in experiment.cells])
     results.finish(out_dir, manifest)
@@ -243,13 +294,14 @@ def run_experiment(
 
 
 def _run_pools(
-    tasks: Sequence[CellTask], shares: dict[str, int], on_cell_done: ProgressCallback | None
+    tasks: Sequence[CellTask], shares: dict[str, int], on_cell_done: ProgressCallback | None,
+    engine: str,
 ) -> None:
     """Run ``tasks`` on one spawned process pool per framework, reporting each finished cell."""
     context = multiprocessing.get_context("spawn")
     pools = {
         fw: cf.ProcessPoolExecutor(n, mp_context=context, initializer=_init_worker,
-                                   initargs=(fw,))
+                                   initargs=(fw, engine))
         for fw, n in shares.items()
     }
     try:
@@ -274,6 +326,6 @@ def _record_lost_cell(task: CellTask, exc: BaseException) -> pd.DataFrame:
     def fail(*_: object) -> TrainOutput:
         raise RuntimeError(f"worker process died: {type(exc).__name__}: {exc}")
 
-    runs, history, weights = cell_frames(task, fail)
+    runs, history, weights = cell_frames(task, fail)  # per-run: every seed is recorded
     results.write_part(task.parts_dir, task.cell.key, runs, history, weights)
     return runs

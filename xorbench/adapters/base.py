@@ -73,10 +73,16 @@ class TrainOutput:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def load_adapter(framework: str) -> ModuleType:
-    """Import the adapter of ``framework`` (and with it the framework itself)."""
+ENGINES: tuple[str, ...] = ("batched", "per-run")
+
+
+def load_adapter(framework: str, engine: str = "per-run") -> ModuleType:
+    """Import the adapter of ``framework`` for ``engine`` (and with it the framework itself)."""
     if framework not in FRAMEWORKS:
         raise ValueError(
             f"framework must be one of {', '.join(FRAMEWORKS)}; received {framework!r}"
         )
-    return importlib.import_module(f"xorbench.adapters.{framework}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; received {engine!r}")
+    suffix = "_batched" if engine == "batched" else ""
+    return importlib.import_module(f"xorbench.adapters.{framework}{suffix}")

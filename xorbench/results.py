@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ RUNS = "runs.parquet"
 HISTORY = "history.parquet"
 WEIGHTS = "weights.parquet"
 PARTS = "parts"
+LOCK = ".lock"
 
 # The keys that identify a cell; with `seed` they identify a run.
 CELL_KEYS: list[str] = ["framework", "optimizer", "batch_size", "lr", "hidden", "epochs"]
@@ -143,7 +145,7 @@ def check_target(path: Path, experiment: Any) -> None:
     """Refuse a path that is a file, or a results directory of a different experiment."""
     if path.exists() and not path.is_dir():
         raise ResultsDirError(f"--out must be a directory; {path} is a file")
-    if path.is_dir() and any(path.iterdir()) and not is_results_dir(path):
+    if path.is_dir() and any(p.name != LOCK for p in path.iterdir()) and not is_results_dir(path):
         raise ResultsDirError(
             f"--out {path} is a non-empty directory that is not an xorbench results directory"
         )
@@ -154,6 +156,30 @@ def check_target(path: Path, experiment: Any) -> None:
                 f"{path} holds results of a different config; choose another --out, "
                 "or pass --restart to delete them and start over"
             )
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the results directory's lock, or refuse at once if another run holds it.
+
+    The lock is an OS file lock, released by the kernel when its process dies, so the lock of
+    a killed run never blocks the next one.
+    """
+    from filelock import FileLock, Timeout
+
+    path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ResultsDirError(
+            f"another xorbench run is writing to {path}; wait for it to finish or choose "
+            "another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def start(path: Path, experiment: Any, *, workers: int) -> dict[str, Any]:

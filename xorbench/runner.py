@@ -16,6 +16,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,7 +260,14 @@ def run_experiment(
     Returns the runs table. Cells whose parts are already in ``out_dir`` (same experiment) are
     skipped, so an interrupted run resumes where it stopped.
     """
-    workers = workers or os.cpu_count() or 1
+    results.check_target(out_dir, experiment)  # before creating anything
+    with results.locked(out_dir):
+        return _run_locked(experiment, out_dir, workers or os.cpu_count() or 1, on_cell_done)
+
+
+def _run_locked(
+    experiment: Experiment, out_dir: Path, workers: int, on_cell_done: ProgressCallback | None
+) -> pd.DataFrame:
     manifest = results.start(out_dir, experiment, workers=workers)
     done = results.finished_cells(out_dir)
     todo = [cell for cell in experiment.cells if cell.key not in done]
@@ -293,38 +301,61 @@ def run_experiment(
     return runs
 
 
+def _new_pool(framework: str, workers: int, engine: str) -> cf.ProcessPoolExecutor:
+    context = multiprocessing.get_context("spawn")
+    return cf.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(framework, engine)
+    )
+
+
 def _run_pools(
     tasks: Sequence[CellTask], shares: dict[str, int], on_cell_done: ProgressCallback | None,
     engine: str,
 ) -> None:
-    """Run ``tasks`` on one spawned process pool per framework, reporting each finished cell."""
-    context = multiprocessing.get_context("spawn")
-    pools = {
-        fw: cf.ProcessPoolExecutor(n, mp_context=context, initializer=_init_worker,
-                                   initargs=(fw, engine))
-        for fw, n in shares.items()
-    }
+    """Run ``tasks`` on one spawned process pool per framework, reporting each finished cell.
+
+    A worker that dies (a segfault, an out-of-memory kill) breaks its whole pool, and every cell
+    in flight there fails with it. Those cells are retried one at a time in a fresh process: the
+    cell that kills its worker again is recorded as failed; the others finish normally.
+    """
+    pools = {fw: _new_pool(fw, n, engine) for fw, n in shares.items()}
+    suspects: list[CellTask] = []
     try:
         futures = {pools[t.cell.framework].submit(_run_task, t): t for t in tasks}
         for future in cf.as_completed(futures):
             task = futures[future]
             try:
                 runs = future.result()
-            except Exception as exc:  # the worker died: the cell fails, the grid goes on
-                runs = _record_lost_cell(task, exc)
+            except BrokenProcessPool:
+                suspects.append(task)
+                continue
             if on_cell_done is not None:
                 on_cell_done(task.cell, runs)
     finally:
         for pool in pools.values():
             pool.shutdown(wait=True, cancel_futures=True)
 
+    if suspects:
+        logger.warning("a worker process died; retrying its %d cells one at a time",
+                       len(suspects))
+    for task in suspects:
+        with _new_pool(task.cell.framework, 1, engine) as alone:
+            try:
+                runs = alone.submit(_run_task, task).result()
+            except BrokenProcessPool:
+                runs = _record_lost_cell(task)
+        if on_cell_done is not None:
+            on_cell_done(task.cell, runs)
 
-def _record_lost_cell(task: CellTask, exc: BaseException) -> pd.DataFrame:
-    """Write a part that records every run of a cell whose worker died as failed."""
-    logger.error("cell %s lost its worker: %s", task.cell.key, exc)
+
+def _record_lost_cell(task: CellTask) -> pd.DataFrame:
+    """Write a part that records every run of a cell whose worker process died as failed."""
+    reason = ("worker process died while training this cell (killed by a signal, "
+              "a crash in native code, or out of memory)")
+    logger.error("cell %s: %s", task.cell.key, reason)
 
     def fail(*_: object) -> TrainOutput:
-        raise RuntimeError(f"worker process died: {type(exc).__name__}: {exc}")
+        raise RuntimeError(reason)
 
     runs, history, weights = cell_frames(task, fail)  # per-run: every seed is recorded
     results.write_part(task.parts_dir, task.cell.key, runs, history, weights)

@@ -64,12 +64,16 @@ class LabelPredictor:
     predict
         A callable ``predict(X)`` or an object with a ``predict`` method. It may return labels of
         shape (n,) or (n, 1), as ints, bools or integral floats.
+    classes
+        The labels ``predict`` may return; any when None. mlxtend colours only the classes
+        present in ``y`` and fails obscurely on any other label.
     """
 
-    def __init__(self, predict: Predict) -> None:
+    def __init__(self, predict: Predict, classes: ArrayLike | None = None) -> None:
         self._predict: Callable[[np.ndarray], ArrayLike] = (
             predict if callable(predict) else predict.predict
         )
+        self._classes = None if classes is None else np.unique(np.asarray(classes))
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Class labels of the rows of ``X`` as a 1-D int array of length len(X)."""
@@ -82,7 +86,15 @@ class LabelPredictor:
                 f"predict must return one label per row, shape ({len(X)},) or ({len(X)}, 1); "
                 f"received shape {labels.shape}"
             )
-        return as_labels(labels, name="predict's output")
+        labels = as_labels(labels, name="predict's output")
+        if self._classes is not None:
+            unknown = np.setdiff1d(labels, self._classes)
+            if unknown.size:
+                raise ValueError(
+                    f"predict returned class {unknown[0].item()}, which is not among the "
+                    f"classes of y ({', '.join(map(str, self._classes.tolist()))})"
+                )
+        return labels
 
 
 def as_features(X: ArrayLike) -> np.ndarray:
@@ -100,12 +112,14 @@ def as_labels(y: ArrayLike, *, name: str = "y") -> np.ndarray:
         labels = labels[:, 0]
     if labels.ndim != 1:
         raise ValueError(f"{name} must have shape (n,) or (n, 1); received shape {labels.shape}")
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        raise ValueError(f"{name} must hold class labels such as 0 and 1; received NaN or inf")
     as_int = labels.astype(np.int64)
     # Probabilities or logits would silently truncate to 0 here; refuse them instead.
     if not np.array_equal(as_int, labels):
         raise ValueError(
             f"{name} must hold class labels such as 0 and 1; received non-integral values "
-            f"such as {labels[as_int != labels][0]!r} (threshold probabilities first)"
+            f"such as {labels[as_int != labels][0].item()!r} (threshold probabilities first)"
         )
     return as_int
 
@@ -114,8 +128,7 @@ def _make_current(ax: Axes) -> None:
     """Make ``ax``'s figure pyplot's current one: mlxtend sizes its grid from ``plt.gcf()``."""
     import matplotlib.pyplot as plt
 
-    figure = ax.get_figure(root=True)
-    if figure is None or getattr(figure.canvas, "manager", None) is None:
+    if getattr(ax.figure.canvas, "manager", None) is None:
         raise ValueError(
             "ax must belong to a figure made by pyplot (plt.subplots or plt.figure), because "
             "mlxtend takes its grid resolution from plt.gcf(); received an unmanaged figure"
@@ -177,7 +190,7 @@ def plot_regions(
     return plot_decision_regions(
         features,
         labels,
-        clf=LabelPredictor(predict),
+        clf=LabelPredictor(predict, classes=labels),
         ax=ax,
         zoom_factor=1.0 / pad,  # mlxtend pads each side by 1 / zoom_factor
         legend=1 if legend else 0,

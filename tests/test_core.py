@@ -35,7 +35,7 @@ def test_batch_bounds_keep_a_smaller_last_batch() -> None:
 
     assert [stop - start for start, stop in bounds] == [32, 32, 32, 32, 22]
     assert data.steps_per_epoch(150, 32) == 5
-    with pytest.raises(ValueError, match="batch_size must be between 1 and .* received"):
+    with pytest.raises(ValueError, match=r"batch_size must be between 1 and .* received"):
         data.batch_bounds(150, 151)
 
 

@@ -28,6 +28,8 @@ F2_ACCURACIES = [1.0, 0.75, 1.0, 1.0, 0.5, 1.0, 1.0, 0.75, 1.0, 1.0]
 EPOCHS = 12
 FRAMEWORK_MODULES = ("torch", "lightning", "pytorch_lightning", "keras", "tensorflow", "tf_keras")
 FIGURE_NAMES = {"val_loss.png", "val_acc.png", "final_accuracy.png", "decision_regions.png"}
+# The seed-variance section adds its own figures, named stats_*.png.
+STATS_PREFIX = "stats_"
 
 
 @pytest.fixture(autouse=True)
@@ -338,7 +340,7 @@ def test_label_predictor_refuses_a_class_missing_from_y() -> None:
 def test_two_renders_in_two_processes_are_byte_identical(messy: Rendered) -> None:
     names = {p.name for p in (messy.here.parent / report.FIGURES).iterdir()}
 
-    assert names == FIGURE_NAMES
+    assert {n for n in names if not n.startswith(STATS_PREFIX)} == FIGURE_NAMES
     assert messy.here.read_bytes() == messy.there.read_bytes()
     for name in names:
         a = (messy.here.parent / report.FIGURES / name).read_bytes()
@@ -365,12 +367,17 @@ def test_each_figure_caption_names_its_band(messy: Rendered) -> None:
 
     images = [i for i, line in enumerate(lines) if line.startswith("![")]
     linked = {name for i in images for name in re.findall(r"\(figures/(.+?)\)", lines[i])}
-    assert linked == FIGURE_NAMES
+    assert {n for n in linked if not n.startswith(STATS_PREFIX)} == FIGURE_NAMES
+    assert linked == {p.name for p in (messy.here.parent / report.FIGURES).iterdir()}
     for i in images:
         caption = lines[i + 1]
         assert caption.startswith("*Figure "), caption
         if "figures/val_" in lines[i]:
             assert re.search(r"Band: interquartile range over 2 to 7 seeds per cell", caption)
+        elif f"figures/{STATS_PREFIX}" in lines[i]:
+            assert re.search(r"(Band|bar|bars|band): [^.]*(interval|seeds|variance)", caption), (
+                caption
+            )
         else:
             assert "Band: none" in caption
 
@@ -447,9 +454,8 @@ def test_report_without_weights_or_history_still_writes(tmp_path: Path) -> None:
     text = report.write_report(results_dir, tmp_path / "out").read_text()
 
     assert "No stored weights" in text and "No history table" in text
-    assert {p.name for p in (tmp_path / "out" / report.FIGURES).iterdir()} == {
-        "final_accuracy.png"
-    }
+    drawn = {p.name for p in (tmp_path / "out" / report.FIGURES).iterdir()}
+    assert {n for n in drawn if not n.startswith(STATS_PREFIX)} == {"final_accuracy.png"}
 
 
 def test_not_a_results_directory_is_refused(tmp_path: Path) -> None:

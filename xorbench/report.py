@@ -22,7 +22,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from xorbench import results
+from xorbench import results, stats, stats_plots
 from xorbench.adapters.base import FRAMEWORKS
 from xorbench.data import N_TRAIN, make_xor
 from xorbench.optimizers import OPTIMIZERS
@@ -1145,10 +1145,16 @@ def write_report(results_dir: Path, out_dir: Path, *, title: str | None = None) 
         curves = _curve_entries(res, figures_dir)
         accuracy = _accuracy_entry(res, figures_dir)
         regions, regions_text = _regions_entry(res, figures_dir)
+        tables = stats.tables_from_dir(Path(results_dir))
+        stats_figures = stats_plots.write_stats_figures(tables, figures_dir)
     drawn = {entry.name for entry in [*curves, accuracy, *([regions] if regions else [])]}
-    _remove_stale_figures(figures_dir, drawn)
+    _remove_stale_figures(figures_dir, drawn | {f.name for f in stats_figures})
 
-    text = _assemble(res, title, curves, accuracy, regions, regions_text)
+    # The statistics figures continue the report's figure numbering.
+    first = len(curves) + 2 + (1 if regions else 0)
+    stats_figures = [replace(f, number=first + i) for i, f in enumerate(stats_figures)]
+    stats_text = stats_plots.stats_markdown(tables, figures=stats_figures, n_train=res.n_train)
+    text = _assemble(res, title, curves, accuracy, regions, regions_text, stats_text)
     path = out_dir / REPORT
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -1158,7 +1164,7 @@ def write_report(results_dir: Path, out_dir: Path, *, title: str | None = None) 
 
 
 def _assemble(res: Results, title: str, curves: list[FigureEntry], accuracy: FigureEntry,
-              regions: FigureEntry | None, regions_text: str) -> str:
+              regions: FigureEntry | None, regions_text: str, stats_text: str) -> str:
     """The whole Markdown document, figures numbered in order of appearance."""
     figures = [*curves, accuracy, *([regions] if regions else [])]
     number = {entry.name: i for i, entry in enumerate(figures, start=1)}
@@ -1175,6 +1181,7 @@ def _assemble(res: Results, title: str, curves: list[FigureEntry], accuracy: Fig
         f"## Validation curves\n\n{curve_text}",
         f"## Final accuracy of every seed\n\n{show(accuracy)}",
         f"## Decision regions\n\n{regions_part}",
+        stats_text,
         setup_markdown(res),
     ]
     return "\n\n".join(sections) + "\n"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xorbench import results
+from xorbench import results, stats
 from xorbench.adapters.base import HISTORY_METRICS, TrainOutput, load_adapter
 from xorbench.data import Dataset, batch_orders, make_xor, steps_per_epoch
 from xorbench.grid import Cell, Experiment
@@ -297,6 +297,7 @@ def _run_locked(
                        on_cell_done, experiment.engine)
 
     runs = results.merge_parts(out_dir, [c.key for c in experiment.cells])
+    stats.write_summary(out_dir)
     results.finish(out_dir, manifest)
     return runs
 

@@ -437,9 +437,11 @@ class StatsFigure:
     name: str
     alt: str
     caption: str
+    number: int | None = None  # its number in the whole report, when it is part of one
 
     def markdown(self, number: int | None = None) -> str:
-        """The image link and its caption, numbered when ``number`` is given."""
+        """The image link and its caption, numbered when ``number`` (or ``self.number``) is set."""
+        number = self.number if number is None else number
         prefix = f"Figure {number}. " if number is not None else ""
         return f"![{self.alt}]({FIGURES}/{self.name})\n\n*{prefix}{self.caption}*"
 

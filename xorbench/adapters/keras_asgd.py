@@ -29,15 +29,6 @@ import keras
 from keras import ops
 
 
-def _copy_of(reference: Any) -> Any:
-    """An initializer that returns the current value of ``reference`` (for ``ax``)."""
-
-    def initializer(shape: Any, dtype: Any = None) -> Any:
-        return ops.cast(ops.convert_to_tensor(reference), dtype or reference.dtype)
-
-    return initializer
-
-
 @keras.saving.register_keras_serializable(package="xorbench")
 class ASGD(keras.optimizers.Optimizer):
     """Averaged stochastic gradient descent, the algorithm of ``torch.optim.ASGD``.
@@ -96,28 +87,31 @@ class ASGD(keras.optimizers.Optimizer):
         self.alpha = float(alpha)
         self.t0 = float(t0)
         self.l2 = float(weight_decay or 0.0)
+        # A constant, so that the eta variable can be created inside a traced step; a schedule's
+        # first value is only known at the first step, which sets eta in every case.
+        self._initial_eta = learning_rate if isinstance(learning_rate, float) else 0.0
 
     def build(self, variables: list[Any]) -> None:
-        """Create the shared ``eta`` and ``mu`` scalars and one average ``ax`` per variable."""
+        """Create the shared ``eta`` and ``mu`` scalars and one average ``ax`` per variable.
+
+        Keras may build the optimizer while tracing an XLA-compiled step, where only variables
+        with constant initial values can be lifted out; so, as torch does, ``ax`` starts at zero
+        (the first step overwrites it, mu being 1), and the first step sets ``eta`` to the
+        current learning rate.
+        """
         if self.built:
             return
         super().build(variables)
-        # Callable initializers run eagerly even when Keras builds the optimizer during tracing.
-        self._eta = self.add_variable((), initializer=self._initial_eta, name="eta")
+        initial_eta = keras.initializers.Constant(self._initial_eta)
+        self._eta = self.add_variable((), initializer=initial_eta, name="eta")
         self._mu = self.add_variable((), initializer="ones", name="mu")
-        # torch starts ax at zero, but ax is overwritten by the first step (mu = 1); starting from
-        # the weights makes ax meaningful before any step too.
-        self._averages = [
-            self.add_variable_from_reference(v, name="ax", initializer=_copy_of(v))
-            for v in variables
-        ]
-
-    def _initial_eta(self, shape: Any, dtype: Any = None) -> Any:
-        """eta of the first step: the learning rate."""
-        return ops.cast(self._get_current_learning_rate(), dtype or "float32")
+        self._averages = self.add_optimizer_variables(variables, "ax")
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        """Decay, step and average one variable with this step's shared ``eta`` and ``mu``."""
+        """Decay, step and average one variable with this step's shared ``eta`` and ``mu``.
+
+        ``learning_rate`` is unused: ASGD steps by ``eta``, which :meth:`apply` derives from it.
+        """
         dtype = variable.dtype
         gradient = ops.cast(gradient, dtype)
         eta = ops.cast(self._eta, dtype)
@@ -142,11 +136,15 @@ class ASGD(keras.optimizers.Optimizer):
         ``eta`` and ``mu`` are computed once per step from the step count, in float64 as torch
         does in Python, and stored as float32 scalars like torch's state.
         """
-        super().apply(grads, trainable_variables)
-        if not self.built:
-            return
-        step = ops.cast(self._iterations, "float64")
+        if not self.built and trainable_variables is not None:
+            with keras.name_scope(self.name, caller=self):
+                self.build(list(trainable_variables))
         lr = ops.cast(self._get_current_learning_rate(), "float64")
+        first = ops.equal(self._iterations, 0)
+        self._eta.assign(ops.where(first, ops.cast(lr, self._eta.dtype), self._eta))
+        super().apply(grads, trainable_variables)
+
+        step = ops.cast(self._iterations, "float64")
         eta = lr / ops.power(1.0 + self.lambd * lr * step, self.alpha)
         mu = 1.0 / ops.maximum(1.0, step - self.t0)
         self._eta.assign(ops.cast(eta, self._eta.dtype))
@@ -158,7 +156,7 @@ class ASGD(keras.optimizers.Optimizer):
 
     @property
     def eta(self) -> Any:
-        """The step size of the next update (a scalar variable)."""
+        """The step size of the next update (a scalar variable; lr before the first step)."""
         return self._eta
 
     @property

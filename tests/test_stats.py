@@ -783,3 +783,16 @@ def test_the_report_says_which_cells_are_only_described() -> None:
     assert ("**2 of 4 cells have fewer than 30 seeds (fewest: 12); they are described but not "
             "compared, because with so few seeds a test has little power") in text
     assert "1 of 2 comparisons withheld" in text
+
+
+@pytest.mark.parametrize("reached", [0, 3])
+def test_success_rates_draw_at_rates_of_exactly_0_and_1(reached: int) -> None:
+    # Wilson's bound at a rate of 0 or 1 can miss the rate by a rounding error; the figure
+    # must still draw (seen on a real smoke run where every seed reached the target).
+    import matplotlib.pyplot as plt
+
+    runs = cell_runs(acc=[1.0] * reached + [0.5] * (3 - reached))
+    summary = stats.cell_summary(runs, n_boot=N_BOOT)
+
+    _, ax = plt.subplots()
+    assert stats_plots.plot_success_rates(summary, ax=ax) is ax

@@ -212,6 +212,8 @@ def plot_success_rates(
         rate = part["reached_rate"].to_numpy(dtype=float)
         err = np.vstack([rate - part["reached_low"].to_numpy(dtype=float),
                          part["reached_high"].to_numpy(dtype=float) - rate])
+        # At a rate of exactly 0 or 1 the Wilson bound can miss the rate by a rounding error.
+        err = np.clip(err, 0.0, None)
         ax.errorbar(rate, y[rows], xerr=err, fmt="o", ms=4, capsize=2, color=colors[framework],
                     label=framework)
     for yi, (_, row) in zip(y, summary.iterrows(), strict=True):
@@ -276,6 +278,8 @@ def plot_forest(
         est = part["estimate"].to_numpy(dtype=float)
         err = np.vstack([est - part["ci_low"].to_numpy(dtype=float),
                          part["ci_high"].to_numpy(dtype=float) - est])
+        # A percentile bootstrap interval need not contain the point estimate.
+        err = np.clip(err, 0.0, None)
         ax.errorbar(est, y[pick], xerr=err, fmt="o", ms=4, capsize=2, color=color, label=verdict)
     ax.set_yticks(y, [_pair_label(row, varied, n_train) for _, row in rows.iterrows()])
     ax.set_xlim(-0.02, 1.02)

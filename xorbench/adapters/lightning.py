@@ -15,12 +15,15 @@ size, instead of through ``self.log``, which costs about half a millisecond per 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import lightning
 import numpy as np
@@ -28,9 +31,8 @@ import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.nn import functional
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
-from torch.utils.data import Sampler
 
 from xorbench.adapters.base import HISTORY_METRICS, TrainOutput
 from xorbench.data import Dataset, batch_bounds
@@ -85,14 +87,16 @@ def torch_optimizer(params: Iterable[Tensor], spec: OptimizerSpec) -> torch.opti
 
 
 def build_network(hidden: Sequence[int]) -> nn.Sequential:
-    """The MLP 2 -> hidden -> 1 as ``nn.Linear`` layers with ReLU between them; float32."""
-    sizes = layer_sizes(hidden)
+    """The MLP 2 -> hidden -> 1 as ``nn.Linear`` layers with ReLU between them; float32.
+
+    The parameters are left uninitialized: load weights before use. torch's default
+    initialization would draw from the global generator, shifting the random stream of
+    everything that runs after it in the process, and the loaded weights replace it anyway.
+    """
     layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    for fan_in, fan_out in itertools.pairwise(layer_sizes(hidden)):
+        layers += [nn.utils.skip_init(nn.Linear, fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
 
 
 class _IndexedTensors(TorchDataset[tuple[Tensor, Tensor]]):
@@ -152,8 +156,11 @@ class _WholeSetSampler(Sampler[Tensor]):
         yield self.index
 
 
-def _as_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """Collate function of a loader whose items already are batches: pass them through."""
+def _as_batch(batch: Any) -> Any:
+    """Collate function of a loader whose items already are batches: pass them through.
+
+    torch's own default would walk the (x, y) tuple and rebuild it on every step.
+    """
     return batch
 
 
@@ -171,6 +178,27 @@ def _loader(dataset: _IndexedTensors, sampler: Sampler[Tensor]) -> DataLoader:
     )
 
 
+@dataclass(slots=True)
+class _Tally:
+    """Running sums of a run and its current epoch.
+
+    A plain object on purpose: every attribute write on an ``nn.Module`` goes through its
+    ``__setattr__``, which is slow enough to show up in a per-step budget of a millisecond.
+    """
+
+    steps: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    val_loss: float = math.nan
+    val_acc: float = math.nan
+
+    def start_epoch(self) -> None:
+        """Zero the epoch's sums; validation values stay NaN unless the epoch is validated."""
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+        self.val_loss, self.val_acc = math.nan, math.nan
+
+
 class XorModule(lightning.LightningModule):
     """The XOR MLP with its loss, its optimizer and per-epoch bookkeeping for xorbench.
 
@@ -186,8 +214,6 @@ class XorModule(lightning.LightningModule):
     rows
         One (train_loss, train_acc, val_loss, val_acc) tuple per finished epoch; the validation
         values are NaN for an epoch that was not validated.
-    steps
-        Optimizer updates made so far.
     diverged
         Whether a training loss was not finite; training stops at the end of that epoch.
     """
@@ -197,14 +223,15 @@ class XorModule(lightning.LightningModule):
         self.net = build_network(hidden)
         self.spec = spec
         self.rows: list[tuple[float, float, float, float]] = []
-        self.steps = 0
         self.diverged = False
+        self._tally = _Tally()
         self._optimizer: torch.optim.Optimizer | None = None
-        self._loss_sum = 0.0
-        self._correct = 0
-        self._seen = 0
-        self._val: tuple[float, float] = (math.nan, math.nan)
         self._swapped_out: list[Tensor] | None = None
+
+    @property
+    def steps(self) -> int:
+        """Optimizer updates made so far."""
+        return self._tally.steps
 
     # -- weights ---------------------------------------------------------------------------
 
@@ -218,47 +245,33 @@ class XorModule(lightning.LightningModule):
             )
         with torch.no_grad():
             for layer, (weight, bias) in zip(linears, to_torch_layout(weights), strict=True):
-                if weight.shape != tuple(layer.weight.shape) or bias.shape != tuple(layer.bias.shape):
+                if weight.shape != layer.weight.shape or bias.shape != layer.bias.shape:
+                    fan_out, fan_in = layer.weight.shape
                     raise ValueError(
-                        f"a layer of shape [out, in] = {list(layer.weight.shape)} needs a kernel "
-                        f"of shape {list(layer.weight.shape)[::-1]} and a bias of "
-                        f"{layer.bias.shape[0]}; received kernel {list(weight.shape)[::-1]} "
-                        f"and bias {list(bias.shape)}"
+                        f"layer {fan_in} -> {fan_out} needs a kernel of shape ({fan_in}, "
+                        f"{fan_out}) and a bias of shape ({fan_out},); received kernel "
+                        f"{weight.T.shape} and bias {bias.shape}"
                     )
                 layer.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
                 layer.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
 
     def get_weights(self) -> Weights:
         """The current weights in Keras layout, float32 copies."""
-        return self._read(self._linears(), [p for layer in self._linears() for p in layer.parameters()])
+        return _to_weights(list(self.parameters()))
 
     def final_weights(self) -> Weights:
         """The weights to report: ASGD's averaged iterate when averaging was active."""
         averaged = self._averaged_iterate()
-        if averaged is None:
-            return self.get_weights()
-        return self._read(self._linears(), averaged)
+        return self.get_weights() if averaged is None else _to_weights(averaged)
 
     def averaging_active(self) -> bool | None:
         """For ASGD, whether the average has left the iterates so far; None otherwise."""
         if self.spec.name != "asgd":
             return None
-        return asgd_averaging_active(self.steps, float(torch_kwargs(self.spec)["t0"]))
+        return asgd_averaging_active(self._tally.steps, float(torch_kwargs(self.spec)["t0"]))
 
     def _linears(self) -> list[nn.Linear]:
         return [m for m in self.net if isinstance(m, nn.Linear)]
-
-    @staticmethod
-    def _read(linears: list[nn.Linear], tensors: list[Tensor]) -> Weights:
-        # Parameters come as weight, bias per layer, in the order of ``parameters()``.
-        pairs = [
-            (
-                tensors[2 * i].detach().numpy().astype(np.float32, copy=True),
-                tensors[2 * i + 1].detach().numpy().astype(np.float32, copy=True),
-            )
-            for i in range(len(linears))
-        ]
-        return from_torch_layout(pairs)
 
     def _averaged_iterate(self) -> list[Tensor] | None:
         """ASGD's ``ax`` for every parameter when averaging was active, else None."""
@@ -292,10 +305,7 @@ class XorModule(lightning.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         """Reset the epoch's running sums and validation values."""
-        self._loss_sum = 0.0
-        self._correct = 0
-        self._seen = 0
-        self._val = (math.nan, math.nan)
+        self._tally.start_epoch()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Loss of one batch, before its update; adds it to the epoch's sums."""
@@ -304,17 +314,18 @@ class XorModule(lightning.LightningModule):
         loss = self.loss(logits, y)
 
         # Weighted by batch size, so a smaller last batch counts for its samples only (F5).
-        n = len(y)
-        self._loss_sum += float(loss.detach()) * n
-        self._correct += self.correct(logits.detach(), y)
-        self._seen += n
-        self.steps += 1
+        tally = self._tally
+        tally.loss_sum += float(loss.detach()) * len(y)
+        tally.correct += self.correct(logits.detach(), y)
+        tally.seen += len(y)
+        tally.steps += 1
         return loss
 
     def on_train_epoch_end(self) -> None:
         """Record the epoch's row; stop after this epoch when its loss was not finite."""
-        train_loss = self._loss_sum / self._seen
-        self.rows.append((train_loss, self._correct / self._seen, *self._val))
+        tally = self._tally
+        train_loss = tally.loss_sum / tally.seen
+        self.rows.append((train_loss, tally.correct / tally.seen, tally.val_loss, tally.val_acc))
         if not math.isfinite(train_loss):
             self.diverged = True
             self.trainer.should_stop = True
@@ -335,7 +346,8 @@ class XorModule(lightning.LightningModule):
         """Loss and accuracy on the whole validation set, one batch."""
         x, y = batch
         logits = self(x)
-        self._val = (float(self.loss(logits, y)), self.correct(logits, y) / len(y))
+        self._tally.val_loss = float(self.loss(logits, y))
+        self._tally.val_acc = self.correct(logits, y) / len(y)
 
     def on_validation_end(self) -> None:
         """Put the last iterate back after validating the averaged one."""
@@ -347,11 +359,23 @@ class XorModule(lightning.LightningModule):
         self._swapped_out = None
 
 
+def _to_weights(tensors: list[Tensor]) -> Weights:
+    """Keras-layout float32 copies of torch parameters given as weight, bias, weight, ..."""
+    pairs = [
+        (
+            weight.detach().numpy().astype(np.float32, copy=True),
+            bias.detach().numpy().astype(np.float32, copy=True),
+        )
+        for weight, bias in zip(tensors[0::2], tensors[1::2], strict=True)
+    ]
+    return from_torch_layout(pairs)
+
+
 # ---------------------------------------------------------------------------------------------
 # fit
 
 
-def _check_inputs(cell: Cell, data: Dataset, initial: Weights, orders: np.ndarray, val_every: int) -> None:
+def _check_inputs(cell: Cell, data: Dataset, orders: np.ndarray, val_every: int) -> None:
     """Raise ValueError for inputs that break the adapter contract."""
     if cell.framework != FRAMEWORK:
         raise ValueError(
@@ -360,19 +384,16 @@ def _check_inputs(cell: Cell, data: Dataset, initial: Weights, orders: np.ndarra
     if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 1:
         raise ValueError(f"val_every must be an integer >= 1; received {val_every!r}")
     expected = (cell.epochs, data.n_train)
-    if orders.ndim != 2 or orders.shape[0] < cell.epochs or orders.shape[1] != data.n_train:
+    if orders.shape != expected:
         raise ValueError(
             f"orders must have shape (epochs, n_train) = {expected}; received {orders.shape}"
         )
+    if not np.issubdtype(orders.dtype, np.integer):
+        raise ValueError(f"orders must hold integer indices; received dtype {orders.dtype}")
     if orders.size and (orders.min() < 0 or orders.max() >= data.n_train):
         raise ValueError(
             f"orders must hold training indices in [0, {data.n_train}); received values from "
             f"{orders.min()} to {orders.max()}"
-        )
-    if len(initial) != len(cell.hidden) + 1:
-        raise ValueError(
-            f"initial must have {len(cell.hidden) + 1} layers for hidden={cell.hidden}; "
-            f"received {len(initial)}"
         )
 
 
@@ -426,7 +447,7 @@ def _restore_determinism() -> Iterator[None]:
 
 
 def make_trainer(epochs: int, val_every: int = 1) -> lightning.Trainer:
-    """A Trainer with every extra off: no progress bar, checkpoints, summary, logger or sanity run."""
+    """A CPU Trainer with every extra off: progress bar, checkpoints, summary, logger, sanity."""
     return lightning.Trainer(
         accelerator="cpu",
         devices=1,
@@ -457,7 +478,8 @@ def fit(
     orders
         int array of shape (epochs, n_train): the training indices of each epoch, in order.
     val_every
-        Validate every this many epochs; the other epochs get NaN validation values.
+        Validate every this many epochs (default 1: every epoch); the other epochs get NaN
+        validation values.
 
     Returns
     -------
@@ -466,7 +488,7 @@ def fit(
         run diverged, whether ASGD averaged, and the number of updates.
     """
     orders = np.asarray(orders)
-    _check_inputs(cell, data, initial, orders, val_every)
+    _check_inputs(cell, data, orders, val_every)
 
     # One thread is fastest for a network this small; the runner sets it too.
     torch.set_num_threads(1)
@@ -475,7 +497,7 @@ def fit(
     module.set_weights(initial)
     train = _loader(
         _IndexedTensors(data.x_train, data.y_train),
-        EpochOrderSampler(orders[: cell.epochs], cell.batch_size),
+        EpochOrderSampler(orders, cell.batch_size),
     )
     val = _loader(_IndexedTensors(data.x_val, data.y_val), _WholeSetSampler(len(data.x_val)))
 

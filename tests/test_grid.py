@@ -110,3 +110,18 @@ def test_bad_preset_and_bad_toml(tmp_path: Path) -> None:
     wrong_type.write_text("batch_size = ['big']\n")
     with pytest.raises(ConfigError, match="batch_size must be an integer from 1 to 150"):
         build_experiment(config=wrong_type)
+
+
+def test_no_options_is_the_grid_with_100_seeds_on_the_batched_engine() -> None:
+    experiment = build_experiment()
+
+    assert experiment.name == "grid"
+    assert experiment.seeds == 100 and experiment.engine == "batched"
+
+
+def test_data_per_run_trains_runs_one_by_one_unless_told_otherwise() -> None:
+    assert build_experiment("smoke", overrides={"data_per_run": True}).engine == "per-run"
+
+    with pytest.raises(ConfigError, match="data_per_run needs engine per-run; received engine "
+                       "'batched'"):
+        build_experiment("smoke", overrides={"data_per_run": True, "engine": "batched"})

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from xorbench.adapters.base import ENGINES
+from xorbench.bench import BenchFileError
 from xorbench.grid import PRESETS, Cell, ConfigError, build_experiment, parse_list
 from xorbench.results import ResultsDirError, check_target, is_results_dir
 
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a grid, write RESULTS and a report")
     source = run.add_mutually_exclusive_group()
     source.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset "
-                        "(default: notebook)")
+                        "(default: grid)")
     source.add_argument("--config", type=Path, metavar="FILE.toml", help="a TOML config file")
     run.add_argument("--name", help="the experiment's name (default: the preset's)")
     run.add_argument("--framework", type=_list(str, "--framework"), help="lightning,keras")
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-per-run", action="store_true", default=None,
                      help="draw the XOR points per run (data-sampling variance)")
     run.add_argument("--engine", choices=ENGINES,
-                     help="batched: all seeds of a cell in one model; per-run: one run at a time")
+                     help="batched (default): all seeds of a cell in one model; per-run: one run "
+                     "at a time")
     run.add_argument("--workers", type=_positive_int("--workers"),
                      help="worker processes (default: the number of cores)")
     run.add_argument("--out", type=Path, help="results directory (default: results/NAME)")
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write the report of a results directory")
     report.add_argument("results", type=Path, metavar="RESULTS")
     report.add_argument("--out", type=Path, help="report directory (default: reports/NAME)")
+    report.add_argument("--bench", type=Path, nargs="+", metavar="FILE",
+                        help="pytest-benchmark JSON files for the Speed section, e.g. "
+                        "bench-torch.json bench-keras.json (default: RESULTS/bench*.json)")
     return parser
 
 
@@ -155,7 +160,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from xorbench.results import read_manifest
 
     name = read_manifest(path).get("experiment", {}).get("name", path.name)
-    report = write_report(path, args.out or Path("reports") / name)
+    report = write_report(path, args.out or Path("reports") / name, bench=args.bench)
     print(f"xorbench: report in {report}")
     return 0
 
@@ -170,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {"run": cmd_run, "report": cmd_report}[args.command]
     try:
         return command(args)
-    except (ConfigError, ResultsDirError) as exc:
+    except (ConfigError, ResultsDirError, BenchFileError) as exc:
         print(f"xorbench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -64,7 +64,7 @@ class Experiment:
     base_seed: int = 0
     target: float = 0.9
     data_per_run: bool = False
-    engine: str = "per-run"
+    engine: str = "batched"
     n_train: int = N_TRAIN
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +88,7 @@ class Axes:
     base_seed: int = 0
     target: float = 0.9
     data_per_run: bool = False
-    engine: str = "per-run"
+    engine: str = "batched"
     # Explicit (optimizer, batch_size) pairs; when set they replace the optimizer x batch product.
     pairs: tuple[tuple[str, int], ...] | None = field(default=None)
 
@@ -108,7 +108,8 @@ PRESETS: dict[str, Axes] = {
         epochs=(500,),
         seeds=5,
     ),
-    "grid": Axes(),
+    # 100 seeds: enough for the seed-variance statistics (they need 30 per cell at least).
+    "grid": Axes(seeds=100),
     # A few cells and epochs that finish in seconds, to check an installation.
     "smoke": Axes(
         optimizer=("sgd", "adam"),
@@ -286,6 +287,9 @@ def apply_overrides(axes: Axes, overrides: Mapping[str, Any]) -> Axes:
             changes[key] = _as_tuple(value)
         else:
             changes[key] = value
+    if changes.get("data_per_run") and "engine" not in changes:
+        # The batched engine stacks seeds over one dataset; data per run needs runs one by one.
+        changes["engine"] = "per-run"
     if axes.pairs is not None and {"optimizer", "batch_size"} & set(changes):
         optimizers = tuple(dict.fromkeys(o for o, _ in axes.pairs))
         batches = tuple(dict.fromkeys(b for _, b in axes.pairs))
@@ -304,7 +308,7 @@ def build_experiment(
 ) -> Experiment:
     """Preset, then TOML file, then flags: each later source overrides the earlier ones."""
     file_values = load_toml(config) if config is not None else {}
-    preset = preset or file_values.get("preset") or "notebook"
+    preset = preset or file_values.get("preset") or "grid"
     if preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; received {preset!r}")
     axes = apply_overrides(PRESETS[preset], file_values)

@@ -132,6 +132,14 @@ def run_weights(weights: pd.DataFrame, run_id: str) -> Weights:
 # Writing a results directory: manifest, one part per finished cell, merged tables
 
 
+WALL_TIME_NOTES: dict[str, str] = {
+    "per-run": "wall_s in runs.parquet is each run's own training time, from the start of its "
+    "fit (model, Trainer or compile included) to its end",
+    "batched": "wall_s in runs.parquet is the training time of the run's whole cell (all seeds "
+    "trained together as one seed-batched model, setup included) divided by its number of seeds",
+}
+
+
 class ResultsDirError(ValueError):
     """A results path that cannot be used as asked; the message is one line for the user."""
 
@@ -196,8 +204,7 @@ def start(path: Path, experiment: Any, *, workers: int) -> dict[str, Any]:
         "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sessions": [*previous.get("sessions", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")],
         "finished": None,
-        "wall_time_note": "wall_s in runs.parquet is each run's own training time, "
-        "from the start of its fit to its end",
+        "wall_time_note": WALL_TIME_NOTES[experiment.engine],
     }
     write_json_atomic(manifest, path / MANIFEST)
     return manifest

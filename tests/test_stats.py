@@ -796,3 +796,16 @@ def test_success_rates_draw_at_rates_of_exactly_0_and_1(reached: int) -> None:
 
     _, ax = plt.subplots()
     assert stats_plots.plot_success_rates(summary, ax=ax) is ax
+
+
+def test_seeds_for_prob_lower_is_inf_when_statsmodels_finds_no_effect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Seen on the real 100-seed grid: statsmodels estimated P = 0.5 on the same samples for
+    # which prob_lower was 0.5 +- a little more than 1e-3, and raised instead of answering.
+    def refuse(*_: object, **__: object) -> None:
+        raise ValueError("Estimated relative effect is effectively 0.5")
+
+    monkeypatch.setattr(stats, "samplesize_rank_compare_onetail", refuse)
+
+    assert stats.seeds_for_prob_lower([0.1, 0.2, 0.3, 0.5], [0.15, 0.25, 0.35, 0.6]) == math.inf

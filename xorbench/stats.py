@@ -530,7 +530,12 @@ def seeds_for_prob_lower(
     finite = finite[np.isfinite(finite)]
     top = float(finite.max()) + 1.0 if finite.size else 0.0
     x, y = np.where(np.isfinite(x), x, top), np.where(np.isfinite(y), y, top)
-    result = samplesize_rank_compare_onetail(y, x, alpha, power, alternative="two-sided")
+    try:
+        result = samplesize_rank_compare_onetail(y, x, alpha, power, alternative="two-sided")
+    except ValueError:
+        # statsmodels estimates the effect its own way and refuses when it finds none (P = 0.5),
+        # which can happen here although prob_lower above was not within its tolerance.
+        return math.inf
     return float(math.ceil(result.nobs_treat))
 
 

@@ -6,7 +6,7 @@ share its batch and whether or not some of them diverge.
 
 TensorFlow is imported lazily, by the ``kb`` fixture, never at collection: torch and TensorFlow
 must not share a process (FRAMEWORK_FACTS.md), so these tests skip in a process where torch is
-already loaded. Run them on their own: ``pytest tests/test_keras_batched.py``.
+already loaded. Run them on their own: ``pytest tests/keras``.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ import pandas as pd
 
 from xorbench import results, stats, stats_plots
 from xorbench.adapters.base import FRAMEWORKS
+from xorbench.bench import find_bench_files, load_benchmarks, speed_markdown
 from xorbench.data import N_TRAIN, make_xor
 from xorbench.optimizers import OPTIMIZERS
 from xorbench.regions import WeightsClassifier, plot_regions
@@ -1115,7 +1116,10 @@ def _remove_stale_figures(figures_dir: Path, drawn: set[str]) -> None:
         (figures_dir / name).unlink(missing_ok=True)
 
 
-def write_report(results_dir: Path, out_dir: Path, *, title: str | None = None) -> Path:
+def write_report(
+    results_dir: Path, out_dir: Path, *, title: str | None = None,
+    bench: Sequence[Path] | None = None,
+) -> Path:
     """Write ``out_dir/report.md`` and its figures from the results in ``results_dir``.
 
     Figures are written first and the Markdown last, each under a temporary name renamed into
@@ -1129,6 +1133,9 @@ def write_report(results_dir: Path, out_dir: Path, *, title: str | None = None) 
         Where to write; created if missing, existing report files are replaced.
     title
         The report's title; "xorbench report: <experiment name>" when None.
+    bench
+        pytest-benchmark JSON files for the "Speed" section; when None, the directory's own
+        ``bench*.json`` files, if any (see :mod:`xorbench.bench`).
 
     Returns
     -------
@@ -1136,6 +1143,8 @@ def write_report(results_dir: Path, out_dir: Path, *, title: str | None = None) 
         The path of ``report.md``.
     """
     res = load_results(Path(results_dir))
+    # Read before any figure is drawn, so that a bad benchmark file stops the report at once.
+    speed_text = speed_markdown_for(Path(results_dir), bench)
     out_dir = Path(out_dir)
     figures_dir = out_dir / FIGURES
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -1154,7 +1163,7 @@ def write_report(results_dir: Path, out_dir: Path, *, title: str | None = None) 
     first = len(curves) + 2 + (1 if regions else 0)
     stats_figures = [replace(f, number=first + i) for i, f in enumerate(stats_figures)]
     stats_text = stats_plots.stats_markdown(tables, figures=stats_figures, n_train=res.n_train)
-    text = _assemble(res, title, curves, accuracy, regions, regions_text, stats_text)
+    text = _assemble(res, title, curves, accuracy, regions, regions_text, stats_text, speed_text)
     path = out_dir / REPORT
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -1164,7 +1173,8 @@ def write_report(results_dir: Path, out_dir: Path, *, title: str | None = None) 
 
 
 def _assemble(res: Results, title: str, curves: list[FigureEntry], accuracy: FigureEntry,
-              regions: FigureEntry | None, regions_text: str, stats_text: str) -> str:
+              regions: FigureEntry | None, regions_text: str, stats_text: str,
+              speed_text: str = "") -> str:
     """The whole Markdown document, figures numbered in order of appearance."""
     figures = [*curves, accuracy, *([regions] if regions else [])]
     number = {entry.name: i for i, entry in enumerate(figures, start=1)}
@@ -1182,6 +1192,26 @@ def _assemble(res: Results, title: str, curves: list[FigureEntry], accuracy: Fig
         f"## Final accuracy of every seed\n\n{show(accuracy)}",
         f"## Decision regions\n\n{regions_part}",
         stats_text,
+        *([speed_text] if speed_text else []),
         setup_markdown(res),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed section (pytest-benchmark JSON, see xorbench.bench)
+
+
+def speed_markdown_for(results_dir: Path, files: Sequence[Path] | None) -> str:
+    """The "Speed" section from ``files``, else from ``results_dir/bench*.json``; "" if none.
+
+    Raises
+    ------
+    xorbench.bench.BenchFileError
+        When a file is missing or is not pytest-benchmark JSON.
+    """
+    paths = list(files) if files is not None else find_bench_files(results_dir)
+    if not paths:
+        return ""
+    logger.info("speed section from %s", ", ".join(map(str, paths)))
+    return speed_markdown(load_benchmarks(paths))

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -309,32 +310,81 @@ def _new_pool(framework: str, workers: int, engine: str) -> cf.ProcessPoolExecut
     )
 
 
+@dataclass
+class _Pool:
+    """A process pool working for one framework, and how many of its workers are busy."""
+
+    framework: str
+    size: int
+    executor: cf.ProcessPoolExecutor
+    busy: int = 0
+    broken: bool = False
+
+
 def _run_pools(
     tasks: Sequence[CellTask], shares: dict[str, int], on_cell_done: ProgressCallback | None,
     engine: str,
 ) -> None:
     """Run ``tasks`` on one spawned process pool per framework, reporting each finished cell.
 
+    Cells are handed out one per free worker, longest first. When a framework has no cell left,
+    its workers are handed to the framework with the most estimated work left, so two workers
+    never idle while one framework's queue is long.
+
     A worker that dies (a segfault, an out-of-memory kill) breaks its whole pool, and every cell
     in flight there fails with it. Those cells are retried one at a time in a fresh process: the
     cell that kills its worker again is recorded as failed; the others finish normally.
     """
-    pools = {fw: _new_pool(fw, n, engine) for fw, n in shares.items()}
+    queues = {fw: deque(t for t in tasks if t.cell.framework == fw) for fw in shares}
+    pools = [_Pool(fw, n, _new_pool(fw, n, engine)) for fw, n in shares.items()]
+    in_flight: dict[cf.Future[pd.DataFrame], tuple[CellTask, _Pool]] = {}
     suspects: list[CellTask] = []
+
+    def fill(pool: _Pool) -> None:
+        queue = queues[pool.framework]
+        while pool.busy < pool.size and queue and not pool.broken:
+            task = queue.popleft()
+            in_flight[pool.executor.submit(_run_task, task)] = (task, pool)
+            pool.busy += 1
+
+    def most_work_left() -> str | None:
+        left = {fw: sum(estimated_cost(t.cell, len(t.seeds)) for t in q)
+                for fw, q in queues.items() if q}
+        return max(left, key=lambda fw: left[fw]) if left else None
+
     try:
-        futures = {pools[t.cell.framework].submit(_run_task, t): t for t in tasks}
-        for future in cf.as_completed(futures):
-            task = futures[future]
-            try:
-                runs = future.result()
-            except BrokenProcessPool:
-                suspects.append(task)
-                continue
-            if on_cell_done is not None:
-                on_cell_done(task.cell, runs)
+        for pool in pools:
+            fill(pool)
+        while in_flight:
+            done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                task, pool = in_flight.pop(future)
+                pool.busy -= 1
+                try:
+                    runs = future.result()
+                except BrokenProcessPool:
+                    pool.broken = True
+                    suspects.append(task)
+                    continue
+                if on_cell_done is not None:
+                    on_cell_done(task.cell, runs)
+
+            for pool in list(pools):
+                if pool.busy or (queues[pool.framework] and not pool.broken):
+                    fill(pool)
+                    continue
+                # Idle: its framework is done (or its pool broke); give its workers new work.
+                pool.executor.shutdown(wait=True)
+                pools.remove(pool)
+                framework = pool.framework if queues[pool.framework] else most_work_left()
+                if framework is not None:
+                    logger.info("%d worker(s) move to %s cells", pool.size, framework)
+                    fresh = _Pool(framework, pool.size, _new_pool(framework, pool.size, engine))
+                    pools.append(fresh)
+                    fill(fresh)
     finally:
-        for pool in pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
+        for pool in pools:
+            pool.executor.shutdown(wait=True, cancel_futures=True)
 
     if suspects:
         logger.warning("a worker process died; retrying its %d cells one at a time",

@@ -54,6 +54,11 @@ class Cell:
 AXES: tuple[str, ...] = ("framework", "optimizer", "batch_size", "lr", "hidden", "epochs")
 
 
+# Not yet built: a factorial seed design (k init seeds x k order seeds on chosen cells).
+# xorbench.stats.variance_split already splits the variance once runs carry `init_index` and
+# `order_index` columns; this note goes when `run --seed-design factorial` writes them.
+
+
 @dataclass(frozen=True)
 class Experiment:
     """A whole run: the cells, how many seeds each, and everything else that shapes the numbers."""

@@ -121,15 +121,16 @@ class EpochOrderSampler(Sampler[Tensor]):
     """
 
     def __init__(self, orders: np.ndarray, batch_size: int) -> None:
-        self.orders = torch.from_numpy(np.ascontiguousarray(orders, dtype=np.int64))
-        self.bounds = batch_bounds(self.orders.shape[1], batch_size)
+        # One row per epoch; a batch is the slice ``rows[epoch, start:stop]``.
+        self.rows = torch.from_numpy(np.ascontiguousarray(orders, dtype=np.int64))
+        self.bounds = batch_bounds(self.rows.shape[1], batch_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the row of ``orders`` that the next iteration yields."""
-        if not 0 <= epoch < len(self.orders):
+        """Select the epoch whose batches the next iteration yields."""
+        if not 0 <= epoch < len(self.rows):
             raise ValueError(
-                f"epoch must be in [0, {len(self.orders)}) (the rows of orders); "
+                f"epoch must be in [0, {len(self.rows)}) (the epochs of orders); "
                 f"received epoch={epoch}"
             )
         self.epoch = epoch
@@ -138,7 +139,7 @@ class EpochOrderSampler(Sampler[Tensor]):
         return len(self.bounds)
 
     def __iter__(self) -> Iterator[Tensor]:
-        row = self.orders[self.epoch]
+        row = self.rows[self.epoch]
         for start, stop in self.bounds:
             yield row[start:stop]
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning
@@ -37,11 +37,11 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 from torch.nn import functional
 from torch.optim import Optimizer
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from xorbench.adapters.base import HISTORY_METRICS, TrainOutput
-from xorbench.adapters.lightning import _quiet_lightning, torch_optimizer
+from xorbench.adapters.lightning import EpochOrderSampler, _quiet_lightning, torch_optimizer
 from xorbench.data import Dataset, batch_bounds
 from xorbench.grid import Cell
 from xorbench.model import Weights, layer_sizes
@@ -81,7 +81,7 @@ class _SeedGather(TorchDataset[tuple[Tensor, Tensor]]):
         return x, self.y.index_select(0, index).view(self.seeds, -1)
 
 
-class SeedOrderSampler(Sampler[Tensor]):
+class SeedOrderSampler(EpochOrderSampler):
     """Yield one flat index tensor per step: batch ``j`` of every seed's order, seed-major.
 
     Parameters
@@ -107,25 +107,8 @@ class SeedOrderSampler(Sampler[Tensor]):
             np.swapaxes(orders[:, :, start:stop], 0, 1).reshape(epochs, -1)
             for start, stop in batch_bounds(n_train, batch_size)
         ]
-        self.flat = torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.int64))
+        self.rows = torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.int64))
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches the next iteration yields."""
-        if not 0 <= epoch < len(self.flat):
-            raise ValueError(
-                f"epoch must be in [0, {len(self.flat)}) (the epochs of orders); "
-                f"received epoch={epoch}"
-            )
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.bounds)
-
-    def __iter__(self) -> Iterator[Tensor]:
-        row = self.flat[self.epoch]
-        for start, stop in self.bounds:
-            yield row[start:stop]
 
 
 def _as_batch(batch: Any) -> Any:

@@ -204,6 +204,8 @@ def validate(axes: Axes) -> None:
         raise ConfigError(f"seeds must be an integer >= 1; received {axes.seeds!r}")
     if not _is_int(axes.base_seed) or axes.base_seed < 0:
         raise ConfigError(f"base_seed must be an integer >= 0; received {axes.base_seed!r}")
+    if not isinstance(axes.data_per_run, bool):
+        raise ConfigError(f"data_per_run must be true or false; received {axes.data_per_run!r}")
     if axes.data_per_run and axes.engine == "batched":
         # The batched engine stacks seeds over one shared dataset.
         raise ConfigError("data_per_run needs engine per-run; received engine 'batched'")
@@ -281,6 +283,8 @@ def apply_overrides(axes: Axes, overrides: Mapping[str, Any]) -> Axes:
     """
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
+        if key not in TOML_KEYS:
+            raise ConfigError(f"unknown setting {key!r}; allowed are {', '.join(TOML_KEYS)}")
         if value is None or key in ("preset", "name"):
             continue
         if key == "hidden":

@@ -1,0 +1,120 @@
+"""Bad config input is always a one-line ConfigError; a results directory has one writer."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xorbench import results
+from xorbench.grid import TOML_KEYS, ConfigError, build_experiment
+
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+    st.text(max_size=8),
+)
+VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.lists(st.lists(SCALARS, max_size=3),
+                                                                     max_size=2))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from([*TOML_KEYS, "optimiser", "lr_"]), VALUES, max_size=4))
+def test_any_config_is_an_experiment_or_a_one_line_config_error(config: dict[str, object]) -> None:
+    try:
+        experiment = build_experiment(overrides={k: v for k, v in config.items()
+                                                 if k not in ("preset",)})
+    except ConfigError as exc:
+        message = str(exc)
+        assert message and "\n" not in message
+        return
+
+    # What was accepted is a valid grid.
+    assert experiment.cells and experiment.seeds >= 1
+    assert isinstance(experiment.data_per_run, bool)
+    for cell in experiment.cells:
+        assert 1 <= cell.batch_size <= 150 and cell.epochs >= 1
+        assert math.isfinite(cell.lr) and cell.lr > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_any_toml_text_is_an_experiment_or_a_one_line_config_error(
+    tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
+    path = tmp_path_factory.mktemp("toml") / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        build_experiment(config=path)
+    except ConfigError as exc:
+        assert "\n" not in str(exc).strip()
+        return
+    tomllib.loads(text)  # accepted text is valid TOML
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom pathlib import Path\nfrom xorbench import results\n"
+         "with results.locked(Path(sys.argv[1])):\n    print('locked', flush=True)\n"
+         "    time.sleep(60)\n", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(results.ResultsDirError, match="another xorbench run is writing to"), \
+                results.locked(tmp_path):
+            pass
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock with the process
+        holder.wait()
+
+    with results.locked(tmp_path):  # the killed holder's lock does not block
+        pass
+
+
+def _run(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "xorbench.cli", "run", "--preset", "smoke",
+            "--framework", "lightning", "--optimizer", "sgd,adam,rmsprop,asgd",
+            "--batch-size", "8,150", "--epochs", "30", "--seeds", "4", "--workers", "1",
+            "--out", str(out), "--no-report", "-q", *extra]
+
+
+def test_a_run_killed_mid_grid_resumes_to_the_same_tables(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    import pandas as pd
+
+    whole = subprocess.run(_run(tmp_path / "whole"), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+
+    # Kill the run and its workers (SIGKILL, like a power cut) once some cells are done.
+    cut = tmp_path / "cut"
+    victim = subprocess.Popen(_run(cut), start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list((cut / "parts").glob("*.runs.parquet"))) < 2:
+        assert victim.poll() is None and time.monotonic() < deadline, "run ended before the kill"
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    finished_before = len(list((cut / "parts").glob("*.runs.parquet")))
+    assert 2 <= finished_before < 8 and not (cut / "runs.parquet").exists()
+
+    resumed = subprocess.run(_run(cut), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+
+    for table in ("runs", "history"):
+        a = pd.read_parquet(tmp_path / "whole" / f"{table}.parquet")
+        b = pd.read_parquet(cut / f"{table}.parquet")
+        if table == "runs":
+            a, b = a.drop(columns="wall_s"), b.drop(columns="wall_s")
+            assert not b["run_id"].duplicated().any() and len(b) == 8 * 4
+        pd.testing.assert_frame_equal(a, b)  # bit-exact: same rows, same values, same order

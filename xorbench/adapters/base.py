@@ -73,6 +73,23 @@ class TrainOutput:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def check_orders(orders: np.ndarray, expected: tuple[int, ...], n_train: int) -> None:
+    """Raise ValueError unless ``orders`` has shape ``expected`` and holds training indices.
+
+    ``expected`` is (epochs, n_train) for one run or (seeds, epochs, n_train) for a batched cell.
+    """
+    if orders.shape != expected:
+        names = "(seeds, epochs, n_train)" if len(expected) == 3 else "(epochs, n_train)"
+        raise ValueError(f"orders must have shape {names} = {expected}; received {orders.shape}")
+    if not np.issubdtype(orders.dtype, np.integer):
+        raise ValueError(f"orders must hold integer indices; received dtype {orders.dtype}")
+    if orders.size and (orders.min() < 0 or orders.max() >= n_train):
+        raise ValueError(
+            f"orders must hold training indices in [0, {n_train}); received values from "
+            f"{orders.min()} to {orders.max()}"
+        )
+
+
 ENGINES: tuple[str, ...] = ("batched", "per-run")
 
 

@@ -34,7 +34,7 @@ from torch.nn import functional
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from xorbench.adapters.base import HISTORY_METRICS, TrainOutput
+from xorbench.adapters.base import HISTORY_METRICS, TrainOutput, check_orders
 from xorbench.data import Dataset, batch_bounds
 from xorbench.grid import Cell
 from xorbench.model import Weights, from_torch_layout, layer_sizes, to_torch_layout
@@ -384,18 +384,7 @@ def _check_inputs(cell: Cell, data: Dataset, orders: np.ndarray, val_every: int)
         )
     if isinstance(val_every, bool) or not isinstance(val_every, int) or val_every < 1:
         raise ValueError(f"val_every must be an integer >= 1; received {val_every!r}")
-    expected = (cell.epochs, data.n_train)
-    if orders.shape != expected:
-        raise ValueError(
-            f"orders must have shape (epochs, n_train) = {expected}; received {orders.shape}"
-        )
-    if not np.issubdtype(orders.dtype, np.integer):
-        raise ValueError(f"orders must hold integer indices; received dtype {orders.dtype}")
-    if orders.size and (orders.min() < 0 or orders.max() >= data.n_train):
-        raise ValueError(
-            f"orders must hold training indices in [0, {data.n_train}); received values from "
-            f"{orders.min()} to {orders.max()}"
-        )
+    check_orders(orders, (cell.epochs, data.n_train), data.n_train)
 
 
 class _DropNoise(logging.Filter):

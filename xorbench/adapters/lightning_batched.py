@@ -40,7 +40,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from xorbench.adapters.base import HISTORY_METRICS, TrainOutput
+from xorbench.adapters.base import HISTORY_METRICS, TrainOutput, check_orders
 from xorbench.adapters.lightning import EpochOrderSampler, _quiet_lightning, torch_optimizer
 from xorbench.data import Dataset, batch_bounds
 from xorbench.grid import Cell
@@ -402,18 +402,7 @@ def _check_inputs(
         )
     if len(initials) < 1:
         raise ValueError("initials must hold the weights of at least one seed; received none")
-    expected = (len(initials), cell.epochs, data.n_train)
-    if orders.shape != expected:
-        raise ValueError(
-            f"orders must have shape (seeds, epochs, n_train) = {expected}; received {orders.shape}"
-        )
-    if not np.issubdtype(orders.dtype, np.integer):
-        raise ValueError(f"orders must hold integer indices; received dtype {orders.dtype}")
-    if orders.size and (orders.min() < 0 or orders.max() >= data.n_train):
-        raise ValueError(
-            f"orders must hold training indices in [0, {data.n_train}); received values from "
-            f"{orders.min()} to {orders.max()}"
-        )
+    check_orders(orders, (len(initials), cell.epochs, data.n_train), data.n_train)
 
 
 def make_trainer(epochs: int) -> lightning.Trainer:

@@ -19,6 +19,7 @@ from xorbench.adapters.base import ENGINES
 from xorbench.bench import BenchFileError
 from xorbench.grid import PRESETS, Cell, ConfigError, build_experiment, parse_list
 from xorbench.results import ResultsDirError, check_target, is_results_dir
+from xorbench.seeds import SEED_DESIGNS
 
 EXIT_USAGE = 2
 
@@ -74,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=_list(float, "--lr"), help="learning rates, e.g. 0.05,0.1")
     run.add_argument("--hidden", type=_list(tuple, "--hidden"), help="hidden widths, e.g. 3x4")
     run.add_argument("--epochs", type=_list(int, "--epochs"), help="epochs per run")
-    run.add_argument("--seeds", type=_positive_int("--seeds"), help="seeds per cell")
+    run.add_argument("--seeds", type=_positive_int("--seeds"),
+                     help="seeds per cell (k: k x k runs per cell with --seed-design factorial)")
+    run.add_argument("--seed-design", choices=SEED_DESIGNS,
+                     help="independent (default): each seed its own initial weights and batch "
+                     "order; factorial: every init seed with every order seed, to split the "
+                     "seed variance between them")
     run.add_argument("--base-seed", type=int, help="the seed every run's seeds derive from")
     run.add_argument("--target", type=float, help="val accuracy that counts as reached (0.9)")
     run.add_argument("--data-per-run", action="store_true", default=None,
@@ -103,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["name", "framework", "optimizer", "batch_size", "lr", "hidden", "epochs", "seeds",
-             "base_seed", "target", "data_per_run", "engine"]
+             "base_seed", "target", "data_per_run", "engine", "seed_design"]
     return {name: getattr(args, name) for name in names}
 
 
@@ -132,9 +138,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from xorbench.runner import run_experiment
 
-    n_runs = len(experiment.cells) * experiment.seeds
-    print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {experiment.seeds} "
-          f"seeds = {n_runs} runs -> {out}", file=sys.stderr)
+    n_runs = len(experiment.cells) * experiment.runs_per_cell
+    k = experiment.seeds
+    seeds = f"{k} init x {k} order seeds" if experiment.seed_design == "factorial" else (
+        f"{k} seeds")
+    print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {seeds} "
+          f"= {n_runs} runs -> {out}", file=sys.stderr)
     bar, on_cell_done = _progress(n_runs, args.quiet)
     start = time.perf_counter()
     with bar:

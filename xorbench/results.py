@@ -42,6 +42,8 @@ RUN_COLUMNS: list[str] = [
     "cell",
     *CELL_KEYS,
     "seed",
+    "init_index",
+    "order_index",
     "init_seed",
     "order_seed",
     "data_seed",

@@ -1613,9 +1613,13 @@ def load_inputs(
         return runs, None, None
     experiment = results.read_manifest(path).get("experiment") or {}
     n_train = int(experiment.get("n_train", N_TRAIN))
-    inputs = {int(seed): make_xor(int(seed), n_train=n_train).x_train
-              for seed in runs["data_seed"].dropna().unique()}
-    return runs, results.read_weights(path), inputs
+    return runs, results.read_weights(path), training_inputs(runs, n_train)
+
+
+def training_inputs(runs: pd.DataFrame, n_train: int = N_TRAIN) -> dict[int, np.ndarray]:
+    """The training inputs of every data seed in ``runs``, drawn again as the runner drew them."""
+    return {int(seed): make_xor(int(seed), n_train=n_train).x_train
+            for seed in runs["data_seed"].dropna().unique()}
 
 
 def tables_from_dir(results_dir: Path, **options: Any) -> StatsTables:

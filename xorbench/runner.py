@@ -388,8 +388,6 @@ def _run_pools(
         for pool in pools:
             pool.executor.shutdown(wait=True, cancel_futures=True)
 
-    # Not yet shown by a test that kills a real worker (SIGKILL or a segfault mid-cell); this
-    # note goes when the reliability tests do that and check the grid's other cells survive.
     if suspects:
         logger.warning("a worker process died; retrying its %d cells one at a time",
                        len(suspects))

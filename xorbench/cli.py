@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shutil
 import sys
 import time
@@ -54,6 +55,36 @@ def _positive_int(option: str) -> Any:
     return parse
 
 
+def _margin(option: str, upper: float) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 < value < upper:
+            raise argparse.ArgumentTypeError(
+                f"{option} must be a number greater than 0 and less than {upper:g}; "
+                f"received {text!r}")
+        return value
+
+    return parse
+
+
+def _add_margins(parser: argparse.ArgumentParser) -> None:
+    """The equivalence margins of the Lightning-against-Keras comparison (xorbench.stats)."""
+    parser.add_argument("--margin-rate", type=_margin("--margin-rate", 1), metavar="X",
+                        help="equivalence margin on the difference in reached-target rate "
+                        "(default 0.05)")
+    parser.add_argument("--margin-loss", type=_margin("--margin-loss", math.inf), metavar="X",
+                        help="equivalence margin on the per-seed final val loss difference, in "
+                        "nats (default 0.02)")
+
+
+def _stats_options(args: argparse.Namespace) -> dict[str, float]:
+    names = ("margin_rate", "margin_loss")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="xorbench",
@@ -97,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_dest.add_argument("--report-dir", type=Path, help="default: reports/NAME")
     report_dest.add_argument("--no-report", action="store_true", help="skip the report")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_margins(run)
 
     report = commands.add_parser("report", help="write the report of a results directory")
     report.add_argument("results", type=Path, metavar="RESULTS")
@@ -104,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--bench", type=Path, nargs="+", metavar="FILE",
                         help="pytest-benchmark JSON files for the Speed section, e.g. "
                         "bench-torch.json bench-keras.json (default: RESULTS/bench*.json)")
+    _add_margins(report)
     return parser
 
 
@@ -155,7 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from xorbench.report import write_report
 
-        path = write_report(out, args.report_dir or Path("reports") / experiment.name)
+        path = write_report(out, args.report_dir or Path("reports") / experiment.name,
+                            stats_options=_stats_options(args))
         print(f"xorbench: report in {path}")
     return 0
 
@@ -169,7 +203,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from xorbench.results import read_manifest
 
     name = read_manifest(path).get("experiment", {}).get("name", path.name)
-    report = write_report(path, args.out or Path("reports") / name, bench=args.bench)
+    report = write_report(path, args.out or Path("reports") / name, bench=args.bench,
+                          stats_options=_stats_options(args))
     print(f"xorbench: report in {report}")
     return 0
 

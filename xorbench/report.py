@@ -21,7 +21,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -1161,7 +1161,7 @@ def _remove_stale_figures(figures_dir: Path, drawn: set[str]) -> None:
 
 def write_report(
     results_dir: Path, out_dir: Path, *, title: str | None = None,
-    bench: Sequence[Path] | None = None,
+    bench: Sequence[Path] | None = None, stats_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/report.md`` and its figures from the results in ``results_dir``.
 
@@ -1179,6 +1179,9 @@ def write_report(
     bench
         pytest-benchmark JSON files for the "Speed" section; when None, the directory's own
         ``bench*.json`` files, if any (see :mod:`xorbench.bench`).
+    stats_options
+        Options of :func:`xorbench.stats.compute_tables`, such as ``margin_rate`` and
+        ``margin_loss``, the equivalence margins of Lightning against Keras.
 
     Returns
     -------
@@ -1198,7 +1201,8 @@ def write_report(
         accuracy = _accuracy_entry(res, figures_dir)
         regions, regions_text = _regions_entry(res, figures_dir)
         tables = stats.compute_tables(res.runs, res.weights,
-                                      stats.training_inputs(res.runs, res.n_train))
+                                      stats.training_inputs(res.runs, res.n_train),
+                                      **(stats_options or {}))
         stats_figures = stats_plots.write_stats_figures(tables, figures_dir)
     drawn = {entry.name for entry in [*curves, accuracy, *([regions] if regions else [])]}
     _remove_stale_figures(figures_dir, drawn | {f.name for f in stats_figures})

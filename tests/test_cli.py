@@ -106,3 +106,99 @@ def test_report_margins_reach_the_equivalence_tests(tmp_path: Path) -> None:
     text = (tmp_path / "a" / "report.md").read_text()
     assert "Margins: reached-target rate ±0.2;" in text
     assert "Lightning - Keras final loss ±0.5 nats." in text
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('hidden = [[3, 4], "8"]', "hidden must be one or more layer widths >= 1"),
+        ('preset = ["smoke"]', "preset must be one of notebook, grid, smoke; received ['smoke']"),
+        ("name = 5", "name must be 1 to 100 letters, digits"),
+        ('name = "../escape"', "received '../escape'"),
+        ('optimizer = ["sgd", "sgd"]', "the grid has cell lightning-sgd-b1-lr0.05-h3x4-e500 "
+                                       "twice: list each value once"),
+        ("lr = [0.1, 0.1000001]", "learning rates must differ within 6 significant digits"),
+        ('seed_design = "factorial"\nseeds = 1', "seeds must be at least 2 with seed_design "
+                                                  "factorial"),
+    ],
+)
+def test_bad_config_files_exit_2_with_one_line_and_write_nothing(
+    toml: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(toml + "\n")
+
+    assert main(["run", "--config", "c.toml"]) == 2
+
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+
+
+def test_a_mixed_hidden_list_is_two_architectures(tmp_path: Path) -> None:
+    from xorbench.grid import build_experiment
+
+    (tmp_path / "c.toml").write_text('preset = "smoke"\nhidden = [[3, 4], 8]\n')
+
+    cells = build_experiment(None, tmp_path / "c.toml").cells
+
+    assert {cell.hidden for cell in cells} == {(3, 4), (8,)}
+
+
+def test_a_config_path_that_is_a_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--config", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"xorbench run: error: config file {tmp_path} cannot be read: Is a directory")
+
+
+def test_report_dirs_that_are_files_are_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fakes import grid_runs, write_results_dir
+
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    results_dir = write_results_dir(tmp_path / "r", grid_runs(seeds=2))
+
+    assert main(["run", "--preset", "smoke", "--out", str(tmp_path / "new"),
+                 "--report-dir", str(afile)]) == 2
+    assert main(["report", str(results_dir), "--out", str(afile)]) == 2
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"xorbench run: error: --report-dir must be a directory; {afile} is a file",
+                   f"xorbench report: error: --out must be a directory; {afile} is a file"]
+    assert afile.read_text() == "keep me" and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(("manifest", "why"), [("{", "cannot be read"),
+                                               ("[]", "is not an xorbench manifest")])
+def test_a_damaged_manifest_is_one_line_for_run_and_report(
+    manifest: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "manifest.json").write_text(manifest)
+
+    assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "rep")]) == 2
+    assert main(["run", "--preset", "smoke", "--out", str(tmp_path / "r")]) == 2
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(why in line for line in err), err
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["manifest.json"]
+
+
+def test_a_truncated_table_is_one_line_for_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fakes import grid_runs, write_results_dir
+
+    results_dir = write_results_dir(tmp_path / "r", grid_runs(seeds=2))
+    runs = results_dir / "runs.parquet"
+    runs.write_bytes(runs.read_bytes()[:100])
+
+    assert main(["report", str(results_dir), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"xorbench report: error: a table in {results_dir} cannot be read")
+    assert "\n" not in err

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +69,17 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path: Path) -> None:
             "--no-report", "-q")
     assert run_cli(*argv, cwd=tmp_path).returncode == 0
     before = pd.read_parquet(tmp_path / "r" / "runs.parquet")
+    first = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    time.sleep(3)  # a gap between the sessions, which must not count
 
     again = run_cli(*argv, cwd=tmp_path)
 
     assert again.returncode == 0, again.stderr
     pd.testing.assert_frame_equal(before, pd.read_parquet(tmp_path / "r" / "runs.parquet"))
+    # The manifest's wall time adds the sessions' own durations, not the gap between them.
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert len(manifest["sessions"]) == 2
+    span = datetime.fromisoformat(manifest["finished"]) - datetime.fromisoformat(
+        manifest["started"])
+    assert manifest["wall_s"] > first["wall_s"]
+    assert span.total_seconds() - manifest["wall_s"] > 1.5  # the 3 s gap (timestamps: 1 s steps)

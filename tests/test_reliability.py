@@ -150,3 +150,67 @@ def test_a_report_on_a_results_directory_with_no_finished_cell_is_refused(
         f"xorbench report: error: {tmp_path / 'r'} has no finished cell yet (8 planned): "
         "nothing to report; run `xorbench run` with the same config to train them")
     assert not (tmp_path / "report").exists()
+
+
+def test_restart_is_refused_while_another_run_holds_the_lock(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    results.start(out, build_experiment("smoke"), workers=1)
+    (out / "parts" / "precious.runs.parquet").write_bytes(b"a finished cell")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom pathlib import Path\nfrom xorbench import results\n"
+         "with results.locked(Path(sys.argv[1])):\n    print('locked', flush=True)\n"
+         "    time.sleep(60)\n", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        done = subprocess.run(_run(out, "--restart", "--epochs", "31"), capture_output=True,
+                              text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"xorbench run: error: another xorbench run is writing to "
+                                   f"{out}; wait for it to finish or choose another --out")
+    assert (out / "parts" / "precious.runs.parquet").read_bytes() == b"a finished cell"
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(child) for child in path.read_text().split()} if path.exists() else set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_workers_end_when_the_run_is_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    run = subprocess.Popen(_run(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "parts").glob("*.runs.parquet")):  # workers are training
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        workers = _children(run.pid)
+        assert workers
+        os.kill(run.pid, signal.SIGKILL)  # the run only, as a crash or the OOM killer would
+        run.wait()
+
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), "workers outlived their run"
+    finally:
+        run.kill()

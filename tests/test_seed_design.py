@@ -115,6 +115,12 @@ def test_a_factorial_run_reports_where_the_variance_comes_from(tmp_path: Path) -
     split = stats.variance_split(runs)
     assert set(split["source"]) == {"init seed", "order seed", "rest"}
     assert split.groupby("outcome")["n_init"].first().eq(3).all()
+    # Runs sharing an init seed are not independent: the summary counts the diagonal only.
+    summary = pd.read_parquet(out / "summary.parquet")
+    assert summary["seeds"].tolist() == [3]
+    assert stats.compute_tables(runs).settings["factorial_subset"] == "diagonal"
     report = (report_dir / "report.md").read_text()
+    assert "3 init seeds x 3 order seeds each" in report
+    assert "use only the runs whose init and order seeds have the same index" in report
     assert "### Where the seed variance comes from" in report
     assert (report_dir / "figures" / "stats_variance_split.png").is_file()

@@ -649,7 +649,9 @@ def test_variance_split_explains_what_it_cannot_split() -> None:
 # Figures, Markdown and the results directory
 
 
-def _report_runs(frameworks: Sequence[str] = ("lightning", "keras")) -> pd.DataFrame:
+def _report_runs(frameworks: Sequence[str] = ("lightning", "keras"), *,
+                 factorial: bool = False) -> pd.DataFrame:
+    """40 seeds per cell; ``factorial`` labels them 5 init seeds x 8 order seeds instead."""
     rng = np.random.default_rng(0)
     cells = []
     for fw in frameworks:
@@ -659,23 +661,24 @@ def _report_runs(frameworks: Sequence[str] = ("lightning", "keras")) -> pd.DataF
                 cell["final_val_loss"] += rng.normal(0, 1e-3, 40)
                 cells.append(cell)
     runs = table(*cells)
-    runs["init_index"] = runs["seed"] // 8
-    runs["order_index"] = runs["seed"] % 8
+    if factorial:
+        runs["init_index"] = runs["seed"] // 8
+        runs["order_index"] = runs["seed"] % 8
     return runs
 
 
 def test_every_plot_takes_an_ax_returns_it_and_names_its_band() -> None:
     import matplotlib.pyplot as plt
 
-    runs = _report_runs()
-    tables = stats.compute_tables(runs, n_boot=N_BOOT)
+    tables = stats.compute_tables(_report_runs(), n_boot=N_BOOT)
+    variance = stats.variance_split(_report_runs(factorial=True))
     _, axes = plt.subplots(1, 4)
     curve = tables.reached_curve[tables.reached_curve["batch_size"] == 32]
 
     assert stats_plots.plot_reached_by_epoch(curve, ax=axes[0]) is axes[0]
     assert stats_plots.plot_success_rates(tables.summary, ax=axes[1]) is axes[1]
     assert stats_plots.plot_forest(tables.optimizers.table, ax=axes[2]) is axes[2]
-    assert stats_plots.plot_variance_split(tables.variance, ax=axes[3]) is axes[3]
+    assert stats_plots.plot_variance_split(variance, ax=axes[3]) is axes[3]
     assert {c.get_gid() for c in axes[0].collections} == {"band"}
     assert "Wilson 95% interval" in axes[1].get_xlabel()
     assert "bootstrap interval" in axes[2].get_xlabel()
@@ -686,8 +689,7 @@ def test_every_plot_takes_an_ax_returns_it_and_names_its_band() -> None:
 
 def test_figures_are_identical_from_run_to_run(tmp_path: Path) -> None:
     tables = stats.compute_tables(_report_runs(["lightning"]), n_boot=N_BOOT)
-    variance = tables.variance
-    assert variance is not None
+    variance = stats.variance_split(_report_runs(["lightning"], factorial=True))
     # One outcome of the variance split keeps the test fast; drawing is the same for all four.
     tables = dataclasses.replace(tables, variance=variance[variance["outcome"] == "final val acc"])
 
@@ -695,7 +697,8 @@ def test_figures_are_identical_from_run_to_run(tmp_path: Path) -> None:
         first = stats_plots.write_stats_figures(tables, tmp_path / "one")
     second = stats_plots.write_stats_figures(tables, tmp_path / "two")
     assert first == second
-    assert [f.name for f in first] == ["stats_reached_by_epoch.png", "stats_success_rates.png",
+    # In the order the report shows them, so their numbers follow the reading order.
+    assert [f.name for f in first] == ["stats_success_rates.png", "stats_reached_by_epoch.png",
                                        "stats_forest.png", "stats_variance_split.png"]
     for entry in first:
         assert (tmp_path / "one" / entry.name).read_bytes() == (
@@ -721,9 +724,9 @@ def test_stats_markdown_from_a_results_directory(tmp_path: Path) -> None:
 
     text = stats_plots.stats_markdown(path)
     for heading in ("## Seed variance", "### Summary per cell", "### Optimizers compared",
-                    "### Lightning against Keras", "### Batch-size trend",
-                    "### Where the seed variance comes from"):
+                    "### Lightning against Keras", "### Batch-size trend"):
         assert heading in text
+    assert "### Where the seed variance comes from" not in text
     assert "Below 30 seeds" not in text
     assert "adam reaches the target more often than sgd" in text
     assert "*Seeds for 80% power*" in text
@@ -809,3 +812,18 @@ def test_seeds_for_prob_lower_is_inf_when_statsmodels_finds_no_effect(
     monkeypatch.setattr(stats, "samplesize_rank_compare_onetail", refuse)
 
     assert stats.seeds_for_prob_lower([0.1, 0.2, 0.3, 0.5], [0.15, 0.25, 0.35, 0.6]) == math.inf
+
+
+def test_a_factorial_design_tests_only_its_independent_seeds(tmp_path: Path) -> None:
+    runs = _report_runs(factorial=True)  # 5 init x 8 order seeds: 5 independent seeds a cell
+    path = _results_dir(tmp_path / "results", runs)
+
+    tables = stats.tables_from_dir(path, n_boot=N_BOOT)
+    text = stats_plots.stats_markdown(tables)
+
+    assert tables.summary["seeds"].eq(5).all()
+    assert tables.optimizers.empty and tables.frameworks.empty  # 5 < 30: described only
+    assert tables.variance is not None and set(tables.variance["n_order"]) == {8}
+    assert stats_plots.FACTORIAL_SUBSET in text
+    assert "### Where the seed variance comes from" in text
+    assert "Below 30 seeds per cell" in text

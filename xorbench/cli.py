@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shutil
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from xorbench.adapters.base import ENGINES
 from xorbench.bench import BenchFileError
 from xorbench.grid import PRESETS, Cell, ConfigError, build_experiment, parse_list
-from xorbench.results import ResultsDirError, check_target, is_results_dir
+from xorbench.results import ResultsDirError, check_target, check_unlocked, is_results_dir
 from xorbench.seeds import SEED_DESIGNS
 
 EXIT_USAGE = 2
@@ -160,14 +160,21 @@ def _progress(total_runs: int, quiet: bool) -> tuple[Any, Any]:
     return bar, on_cell_done
 
 
+def _check_report_dir(path: Path, option: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise ResultsDirError(f"{option} must be a directory; {path} is a file")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     experiment = build_experiment(args.preset, args.config, _overrides(args))
     out = args.out or Path("results") / experiment.name
-    if args.restart and out.exists():
-        if not is_results_dir(out):
-            raise ResultsDirError(f"--restart deletes results directories only; {out} is not one")
-        shutil.rmtree(out)
-    check_target(out, experiment)
+    if args.restart and out.is_dir() and any(out.iterdir()) and not is_results_dir(out):
+        raise ResultsDirError(f"--restart deletes results directories only; {out} is not one")
+    check_target(out, None if args.restart else experiment)
+    check_unlocked(out)
+    report_dir = args.report_dir or Path("reports") / experiment.name
+    if not args.no_report:
+        _check_report_dir(report_dir, "--report-dir")
 
     from xorbench.runner import run_experiment
 
@@ -180,7 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     bar, on_cell_done = _progress(n_runs, args.quiet)
     start = time.perf_counter()
     with bar:
-        runs = run_experiment(experiment, out, workers=args.workers, on_cell_done=on_cell_done)
+        runs = run_experiment(experiment, out, workers=args.workers, on_cell_done=on_cell_done,
+                              restart=args.restart)
     counts = runs["status"].value_counts().to_dict()
     print(f"xorbench: {len(runs)} runs in {time.perf_counter() - start:.1f} s "
           f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); results in {out}")
@@ -188,8 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from xorbench.report import write_report
 
-        path = write_report(out, args.report_dir or Path("reports") / experiment.name,
-                            stats_options=_stats_options(args))
+        path = write_report(out, report_dir, stats_options=_stats_options(args))
         print(f"xorbench: report in {path}")
     return 0
 
@@ -203,10 +210,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from xorbench.results import read_manifest
 
     name = read_manifest(path).get("experiment", {}).get("name", path.name)
-    report = write_report(path, args.out or Path("reports") / name, bench=args.bench,
-                          stats_options=_stats_options(args))
+    out = args.out or Path("reports") / name
+    _check_report_dir(out, "--out")
+    report = write_report(path, out, bench=args.bench, stats_options=_stats_options(args))
     print(f"xorbench: report in {report}")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     command = {"run": cmd_run, "report": cmd_report}[args.command]
+    # A service manager or `timeout` stops with SIGTERM: stop as on Ctrl-C, keeping every
+    # finished cell, instead of dying mid-write.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return command(args)
     except (ConfigError, ResultsDirError, BenchFileError) as exc:

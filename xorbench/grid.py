@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -145,6 +146,13 @@ def expand(name: str, axes: Axes) -> Experiment:
             axes.framework, opt_batch, axes.lr, axes.hidden, axes.epochs
         )
     )
+    seen: set[str] = set()
+    for cell in cells:
+        if cell.key in seen:
+            raise ConfigError(
+                f"the grid has cell {cell.key} twice: list each value once (learning rates "
+                "must differ within 6 significant digits)")
+        seen.add(cell.key)
     return Experiment(
         name=name,
         cells=cells,
@@ -210,6 +218,10 @@ def validate(axes: Axes) -> None:
             raise ConfigError(f"epochs must be an integer >= 1; received {epochs!r}")
     if not _is_int(axes.seeds) or axes.seeds < 1:
         raise ConfigError(f"seeds must be an integer >= 1; received {axes.seeds!r}")
+    if axes.seed_design == "factorial" and axes.seeds < 2:
+        raise ConfigError("seeds must be at least 2 with seed_design factorial (k init x k "
+                          f"order seeds; one of each has no variance to split); received "
+                          f"{axes.seeds!r}")
     if not _is_int(axes.base_seed) or axes.base_seed < 0:
         raise ConfigError(f"base_seed must be an integer >= 0; received {axes.base_seed!r}")
     if not isinstance(axes.data_per_run, bool):
@@ -273,6 +285,8 @@ def load_toml(path: Path) -> dict[str, Any]:
             config = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(config) - set(TOML_KEYS))
@@ -298,9 +312,10 @@ def apply_overrides(axes: Axes, overrides: Mapping[str, Any]) -> Axes:
             continue
         if key == "hidden":
             items = value if isinstance(value, list | tuple) else [value]
-            if items and not isinstance(items[0], list | tuple):
-                items = [items]
-            changes[key] = tuple(tuple(h) for h in items)
+            if items and not any(isinstance(item, list | tuple) for item in items):
+                items = [items]  # [3, 4]: one architecture
+            # [[3, 4], 8]: two architectures, the second with one layer; validate() checks widths.
+            changes[key] = tuple(tuple(h) if isinstance(h, list | tuple) else (h,) for h in items)
         elif key in AXES:
             changes[key] = _as_tuple(value)
         else:
@@ -327,9 +342,21 @@ def build_experiment(
     """Preset, then TOML file, then flags: each later source overrides the earlier ones."""
     file_values = load_toml(config) if config is not None else {}
     preset = preset or file_values.get("preset") or "grid"
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; received {preset!r}")
     axes = apply_overrides(PRESETS[preset], file_values)
     axes = apply_overrides(axes, overrides or {})
     name = (overrides or {}).get("name") or file_values.get("name") or preset
-    return expand(str(name), axes)
+    check_name(name)
+    return expand(name, axes)
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: object) -> None:
+    """An experiment's name becomes a directory name (results/NAME, reports/NAME)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            "name must be 1 to 100 letters, digits, '.', '_' or '-', starting with a letter "
+            f"or digit (it names the results and report directories); received {name!r}")

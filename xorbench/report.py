@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from pyarrow import ArrowException
 
 from xorbench import results, stats, stats_plots
 from xorbench.adapters.base import FRAMEWORKS
@@ -160,14 +161,19 @@ def load_results(results_dir: Path) -> Results:
     manifest = results.read_manifest(results_dir)
     if manifest.get("finished") is None or not (results_dir / results.RUNS).is_file():
         return _load_partial(results_dir, manifest)
-    runs = results.read_runs(results_dir)
+    try:
+        runs = results.read_runs(results_dir)
+        history = _read_optional(results_dir / results.HISTORY, "the curves")
+        weights = _read_optional(results_dir / results.WEIGHTS, "the decision regions")
+    except (OSError, ArrowException) as exc:  # truncated or overwritten by something else
+        raise ResultsDirError(
+            f"a table in {results_dir} cannot be read ({exc}); `xorbench run` with the same "
+            "config rebuilds the tables from the finished cells") from None
     _check_columns(runs, RUN_NEEDS, results.RUNS)
     if runs.empty:
         raise ValueError(f"{results_dir / results.RUNS} has no rows: there is nothing to report")
-    history = _read_optional(results_dir / results.HISTORY, "the curves")
     if history is not None:
         _check_columns(history, HISTORY_NEEDS, results.HISTORY)
-    weights = _read_optional(results_dir / results.WEIGHTS, "the decision regions")
     return Results(manifest, runs, history, weights)
 
 
@@ -940,16 +946,28 @@ This report summarises the xorbench experiment **{name}**: a small MLP (2 inputs
 layers {hidden}, ReLU, one logit output) trained on XOR (points uniform in [-1, 1]², label 1
 where x1·x2 ≥ 0; {res.n_train} points train, the rest validate) in {frameworks}, with
 {optimizers} at batch sizes {_listing(batches)}. It holds {len(runs)} runs: {n_cells} cells
-with {_seed_count_text(runs)}. Seed *i* starts from the same initial weights and batch order in
-every cell and in both frameworks, so cells can be compared seed by seed.
+with {_design_text(res)}
 
 **How to read it.** A *cell* is one framework, optimizer, batch size, learning rate, hidden
 layers and number of epochs; it is trained once per seed. Batch "full ({res.n_train})" is
 full-batch gradient descent, batch 1 is plain SGD. A run *reached the target* when its
-validation accuracy was ≥ {res.target:g} at some epoch. Spreads are quartiles over seeds (never
-a standard error, never a bootstrap), and every figure caption states its band. Nothing is
+validation accuracy was ≥ {res.target:g} at some epoch. Up to the seed-variance section,
+spreads are quartiles over seeds (never a standard error); that section adds intervals (Wilson,
+bootstrap), each named where it is shown. Every figure caption states its band. Nothing is
 dropped: runs that never reach the target, diverge or fail stay in every count, and the
 final-accuracy figure shows every seed.{_missing_markdown(res)}"""
+
+
+def _design_text(res: Results) -> str:
+    """How many seeds each cell ran, and how seeds pair runs across cells."""
+    same = ("in every cell and in both frameworks, so cells can be compared seed by seed.")
+    if res.experiment.get("seed_design") != "factorial":
+        return (f"{_seed_count_text(res.runs)}. Seed *i* starts from the same initial weights "
+                f"and batch order {same}")
+    k = res.experiment.get("seeds")
+    return (f"{k} init seeds x {k} order seeds each (a factorial design: every initial weight "
+            f"draw with every batch order). Init seed *a* gives the same initial weights and "
+            f"order seed *b* the same batch order {same}")
 
 
 def _missing_markdown(res: Results) -> str:
@@ -1014,7 +1032,10 @@ def _wall_time(manifest: dict[str, Any]) -> str:
     """The experiment's wall time: the manifest's own, else finished minus started."""
     wall = manifest.get("wall_s")
     if isinstance(wall, int | float) and math.isfinite(wall):
-        return _format_seconds(float(wall))
+        sessions = len(manifest.get("sessions") or [])
+        note = (f" (summed over the sessions that finished, of {sessions}; an interrupted "
+                "session is not timed)" if sessions > 1 else "")
+        return _format_seconds(float(wall)) + note
     try:
         started = datetime.fromisoformat(str(manifest["started"]))
         finished = datetime.fromisoformat(str(manifest["finished"]))

@@ -75,6 +75,10 @@ HISTORY_COLUMNS: list[str] = [
 WEIGHT_COLUMNS: list[str] = ["run_id", "hidden", "params"]
 
 
+class ResultsDirError(ValueError):
+    """A results path that cannot be used as asked; the message is one line for the user."""
+
+
 def hidden_label(hidden: Iterable[int]) -> str:
     """The hidden sizes as stored in the tables: (3, 4) -> "3x4"."""
     return "x".join(str(h) for h in hidden)
@@ -105,7 +109,15 @@ def is_results_dir(path: Path) -> bool:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((path / MANIFEST).read_text())
+    """The manifest of a results directory; a damaged one is a ResultsDirError."""
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsDirError(f"{path / MANIFEST} cannot be read ({exc}); restore it, or "
+                              "pass --restart to delete the results and start over") from None
+    if not isinstance(data, dict) or not isinstance(data.get("experiment", {}), dict):
+        raise ResultsDirError(f"{path / MANIFEST} is not an xorbench manifest; restore it, or "
+                              "pass --restart to delete the results and start over")
     return data
 
 
@@ -142,30 +154,48 @@ WALL_TIME_NOTES: dict[str, str] = {
 }
 
 
-class ResultsDirError(ValueError):
-    """A results path that cannot be used as asked; the message is one line for the user."""
-
-
 def _normalised(data: dict[str, Any]) -> dict[str, Any]:
     normal: dict[str, Any] = json.loads(json.dumps(data, default=str))
     return normal
 
 
-def check_target(path: Path, experiment: Any) -> None:
-    """Refuse a path that is a file, or a results directory of a different experiment."""
+def check_target(path: Path, experiment: Any | None) -> None:
+    """Refuse a path that is a file, not a results directory, or (when ``experiment`` is given)
+    a results directory of a different experiment."""
     if path.exists() and not path.is_dir():
         raise ResultsDirError(f"--out must be a directory; {path} is a file")
     if path.is_dir() and any(p.name != LOCK for p in path.iterdir()) and not is_results_dir(path):
         raise ResultsDirError(
             f"--out {path} is a non-empty directory that is not an xorbench results directory"
         )
-    if is_results_dir(path):
+    if experiment is not None and is_results_dir(path):
         old = read_manifest(path).get("experiment")
         if old != _normalised(experiment.to_dict()):
             raise ResultsDirError(
                 f"{path} holds results of a different config; choose another --out, "
                 "or pass --restart to delete them and start over"
             )
+
+
+def clear(path: Path) -> None:
+    """Delete everything in a results directory but its lock file (held by the caller)."""
+    import shutil
+
+    for entry in path.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def check_unlocked(path: Path) -> None:
+    """Refuse at once if a run holds the lock of ``path`` (a courtesy check before any output;
+    :func:`locked` is the guard)."""
+    if (path / LOCK).is_file():
+        with locked(path):
+            pass
 
 
 @contextlib.contextmanager
@@ -206,6 +236,9 @@ def start(path: Path, experiment: Any, *, workers: int) -> dict[str, Any]:
         "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sessions": [*previous.get("sessions", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")],
         "finished": None,
+        # Training time of the sessions that finished; an interrupted session is not timed.
+        "wall_s": previous.get("wall_s") if previous.get("finished") else None,
+        "session_started_unix": time.time(),
         "wall_time_note": WALL_TIME_NOTES[experiment.engine],
     }
     write_json_atomic(manifest, path / MANIFEST)
@@ -213,8 +246,10 @@ def start(path: Path, experiment: Any, *, workers: int) -> dict[str, Any]:
 
 
 def finish(path: Path, manifest: dict[str, Any]) -> None:
-    """Stamp the manifest with the end time."""
-    manifest = dict(manifest, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    """Stamp the manifest with the end time and add this session's duration to ``wall_s``."""
+    session = time.time() - float(manifest["session_started_unix"])
+    manifest = dict(manifest, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    wall_s=(manifest.get("wall_s") or 0.0) + session)
     write_json_atomic(manifest, path / MANIFEST)
 
 

@@ -13,6 +13,8 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -212,12 +214,29 @@ def cell_frames(
 # Worker processes
 
 
-def _init_worker(framework: str, engine: str) -> None:
-    """Pin the worker to one thread and import its framework once, before the first cell."""
+def _init_worker(framework: str, engine: str, parent: int) -> None:
+    """Pin the worker to one thread and import its framework once, before the first cell.
+
+    The worker also ends itself when its parent (the run) dies: a killed run must not leave
+    workers that go on training and writing. On Ctrl-C (sent to the whole process group) the
+    worker exits quietly; the run reports the interruption once.
+    """
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                 "TF_NUM_INTEROP_THREADS"):
         os.environ[var] = "1"
+    signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     load_adapter(framework, engine)
+
+
+EXIT_INTERRUPTED = 130
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """Exit the process once ``parent`` is no longer its parent (it died; we were re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _run_task(task: CellTask) -> pd.DataFrame:
@@ -257,14 +276,18 @@ def run_experiment(
     *,
     workers: int | None = None,
     on_cell_done: ProgressCallback | None = None,
+    restart: bool = False,
 ) -> pd.DataFrame:
     """Train every cell not yet finished in ``out_dir`` and write the results directory.
 
     Returns the runs table. Cells whose parts are already in ``out_dir`` (same experiment) are
-    skipped, so an interrupted run resumes where it stopped.
+    skipped, so an interrupted run resumes where it stopped. With ``restart``, the results
+    already in ``out_dir`` are deleted first, once the lock is held (never under a running run).
     """
-    results.check_target(out_dir, experiment)  # before creating anything
+    results.check_target(out_dir, None if restart else experiment)  # before creating anything
     with results.locked(out_dir):
+        if restart:
+            results.clear(out_dir)
         return _run_locked(experiment, out_dir, workers or os.cpu_count() or 1, on_cell_done)
 
 
@@ -308,7 +331,8 @@ def _run_locked(
 def _new_pool(framework: str, workers: int, engine: str) -> cf.ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")
     return cf.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(framework, engine)
+        workers, mp_context=context, initializer=_init_worker,
+        initargs=(framework, engine, os.getpid()),
     )
 
 

@@ -714,7 +714,8 @@ def _dead_per_run(runs: pd.DataFrame, weights: pd.DataFrame | None,
     """Dead-first-layer flag per run (nullable: NA without weights or inputs), runs' index."""
     if weights is None or x_train is None or "run_id" not in runs:
         return pd.Series(pd.NA, index=runs.index, dtype="boolean")
-    dead = dead_first_layer(weights, x_train, runs)
+    own = weights[weights["run_id"].isin(runs["run_id"])]  # runs may be a subset
+    dead = dead_first_layer(own, x_train, runs)
     return runs["run_id"].map(dead).astype("boolean")
 
 
@@ -1493,6 +1494,18 @@ def is_factorial(runs: pd.DataFrame) -> bool:
     return bool((orders_per_init > 1).any())
 
 
+def independent_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that are independent seeds: all of them, or a factorial design's diagonal.
+
+    In a factorial design, runs that share an init seed share their initial weights, so they
+    are not independent seeds and a test counting them as such would be overconfident. The
+    diagonal (init index = order index) is one independent seed per init seed.
+    """
+    if not is_factorial(runs):
+        return runs
+    return runs[runs["init_index"] == runs["order_index"]]
+
+
 def variance_split(
     runs: pd.DataFrame, outcomes: Sequence[str] = tuple(VARIANCE_OUTCOMES)
 ) -> pd.DataFrame:
@@ -1577,12 +1590,15 @@ def compute_tables(
 ) -> StatsTables:
     """Summary, reached curve, comparisons and (for a factorial design) the variance split.
 
-    The variance split is computed when ``runs`` crosses init and order seeds (a factorial
-    design: some ``init_index`` is run with more than one ``order_index``); the options are
-    those of the functions called.
+    When ``runs`` crosses init and order seeds (a factorial design: some ``init_index`` is run
+    with more than one ``order_index``), the variance split uses every run and everything else
+    only the runs whose init and order index agree, which are independent seeds; ``settings``
+    then says ``factorial_subset: diagonal``. The options are those of the functions called.
     """
     boot: dict[str, Any] = {"n_boot": n_boot, "random_state": random_state}
     tests: dict[str, Any] = {"alpha": alpha, "min_seeds": min_seeds}
+    every_run, runs = runs, independent_runs(runs)
+    design = {"factorial_subset": "diagonal"} if len(runs) < len(every_run) else {}
     return StatsTables(
         summary=cell_summary(runs, weights, x_train, **boot),
         reached_curve=reached_by_epoch(runs),
@@ -1591,8 +1607,9 @@ def compute_tables(
         frameworks=compare_frameworks(runs, margin_rate=margin_rate, margin_loss=margin_loss,
                                       **tests, **boot),
         trend=batch_size_trend(runs, **tests),
-        variance=variance_split(runs) if is_factorial(runs) else None,
-        settings={**tests, **boot, "margin_rate": margin_rate, "margin_loss": margin_loss,
+        variance=variance_split(every_run) if design else None,
+        settings={**tests, **boot, **design, "margin_rate": margin_rate,
+                  "margin_loss": margin_loss,
                   "margin_prob": margin_prob, "margin_epochs": margin_epochs,
                   "stuck_tolerance": STUCK_TOLERANCE},
     )
@@ -1636,7 +1653,7 @@ def write_summary(results_dir: Path, summary: pd.DataFrame | None = None, **opti
     path = Path(results_dir)
     if summary is None:
         runs, weights, inputs = load_inputs(path)
-        summary = cell_summary(runs, weights, inputs, **options)
+        summary = cell_summary(independent_runs(runs), weights, inputs, **options)
     results.write_atomic(summary, path / SUMMARY)
     logger.info("wrote %s", path / SUMMARY)
     return path / SUMMARY

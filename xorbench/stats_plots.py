@@ -469,15 +469,15 @@ def write_stats_figures(
     figures_dir.mkdir(parents=True, exist_ok=True)
     drawn: list[tuple[StatsFigure, Figure]] = []
     with _style():
+        drawn.append((StatsFigure("stats_success_rates.png",
+                                  "reached-target share per cell with Wilson intervals",
+                                  CAPTION_RATES),
+                      success_rates_figure(tables.summary, n_train=n_train)))
         if not tables.reached_curve.empty:
             drawn.append((StatsFigure("stats_reached_by_epoch.png",
                                       "fraction of seeds reached target against epoch",
                                       CAPTION_REACHED),
                           reached_by_epoch_figure(tables.reached_curve, n_train=n_train)))
-        drawn.append((StatsFigure("stats_success_rates.png",
-                                  "reached-target share per cell with Wilson intervals",
-                                  CAPTION_RATES),
-                      success_rates_figure(tables.summary, n_train=n_train)))
         if not _forest_rows(tables.optimizers.table).empty:
             drawn.append((StatsFigure("stats_forest.png",
                                       "forest plot of P(A lower loss) per optimizer pair",
@@ -691,6 +691,14 @@ def _empty_reason(comparison: stats.Comparison) -> str:
     return comparison.withheld or "Nothing to compare."
 
 
+FACTORIAL_SUBSET = (
+    "This experiment crossed every init seed with every order seed (a factorial design). Runs "
+    "that share an init seed start from the same weights, so they are not independent seeds: "
+    "the tables, figures and tests of this section use only the runs whose init and order "
+    "seeds have the same index (one independent seed per init seed), and the variance split "
+    "at the end uses every run.")
+
+
 def _descriptive_only(tables: stats.StatsTables, min_seeds: int) -> str:
     """The below-the-minimum sentence: for the whole report, or for the cells it concerns."""
     counts = tables.summary["seeds"]
@@ -786,6 +794,7 @@ def stats_markdown(
     no_fw = [key for key in CELL_KEYS if key != "framework"]
     sections = [
         "## Seed variance",
+        FACTORIAL_SUBSET if settings.get("factorial_subset") == "diagonal" else "",
         _descriptive_only(tables, min_seeds),
         _summary_section(tables, figures, n_train),
         f"{VERDICTS_TEXT} {margins}" if not (tables.optimizers.empty

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,22 +59,29 @@ def test_any_toml_text_is_an_experiment_or_a_one_line_config_error(
     tomllib.loads(text)  # accepted text is valid TOML
 
 
-def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def lock_held_elsewhere(path: Path) -> Iterator[None]:
+    """Another process holds the lock of ``path`` until the block ends, then is SIGKILLed."""
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\nfrom pathlib import Path\nfrom xorbench import results\n"
          "with results.locked(Path(sys.argv[1])):\n    print('locked', flush=True)\n"
-         "    time.sleep(60)\n", str(tmp_path)],
+         "    time.sleep(60)\n", str(path)],
         stdout=subprocess.PIPE, text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(results.ResultsDirError, match="another xorbench run is writing to"), \
-                results.locked(tmp_path):
-            pass
+        yield
     finally:
         holder.kill()  # SIGKILL: the kernel drops the lock with the process
         holder.wait()
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    with lock_held_elsewhere(tmp_path), pytest.raises(
+        results.ResultsDirError, match="another xorbench run is writing to"
+    ), results.locked(tmp_path):
+        pass
 
     with results.locked(tmp_path):  # the killed holder's lock does not block
         pass
@@ -156,20 +165,9 @@ def test_restart_is_refused_while_another_run_holds_the_lock(tmp_path: Path) -> 
     out = tmp_path / "r"
     results.start(out, build_experiment("smoke"), workers=1)
     (out / "parts" / "precious.runs.parquet").write_bytes(b"a finished cell")
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\nfrom pathlib import Path\nfrom xorbench import results\n"
-         "with results.locked(Path(sys.argv[1])):\n    print('locked', flush=True)\n"
-         "    time.sleep(60)\n", str(out)],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(out):
         done = subprocess.run(_run(out, "--restart", "--epochs", "31"), capture_output=True,
                               text=True, timeout=120)
-    finally:
-        holder.kill()
-        holder.wait()
 
     assert done.returncode == 2
     assert done.stderr.strip() == (f"xorbench run: error: another xorbench run is writing to "

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from xorbench.adapters.base import ENGINES
 from xorbench.bench import BenchFileError
+from xorbench.cluster import ClusterError, parse_scheduler
 from xorbench.grid import PRESETS, Cell, ConfigError, build_experiment, parse_list
 from xorbench.results import ResultsDirError, check_target, is_results_dir
 
@@ -53,6 +54,13 @@ def _positive_int(option: str) -> Any:
     return parse
 
 
+def _scheduler(text: str) -> str:
+    try:
+        return parse_scheduler(text)
+    except ClusterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="xorbench",
@@ -84,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "at a time")
     run.add_argument("--workers", type=_positive_int("--workers"),
                      help="worker processes (default: the number of cores)")
+    run.add_argument("--scheduler", type=_scheduler, metavar="tcp://HOST:PORT",
+                     help="train on the Dask cluster of this scheduler instead of local processes")
+    run.add_argument("--cells-per-task", type=_positive_int("--cells-per-task"),
+                     help="cells per Dask task (default: from the grid and the cluster's size)")
     run.add_argument("--out", type=Path, help="results directory (default: results/NAME)")
     run.add_argument("--restart", action="store_true",
                      help="delete the results in --out and start over")
@@ -121,24 +133,42 @@ def _progress(total_runs: int, quiet: bool) -> tuple[Any, Any]:
     return bar, on_cell_done
 
 
+def _check_executor_options(args: argparse.Namespace) -> None:
+    if args.scheduler is not None and args.workers is not None:
+        raise ClusterError("--workers sets local worker processes; with --scheduler the "
+                           "cluster's workers train the cells, so give one or the other")
+    if args.scheduler is None and args.cells_per_task is not None:
+        raise ClusterError("--cells-per-task needs --scheduler")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _check_executor_options(args)
     experiment = build_experiment(args.preset, args.config, _overrides(args))
     out = args.out or Path("results") / experiment.name
-    if args.restart and out.exists():
-        if not is_results_dir(out):
-            raise ResultsDirError(f"--restart deletes results directories only; {out} is not one")
-        shutil.rmtree(out)
-    check_target(out, experiment)
+    if args.restart and out.exists() and not is_results_dir(out):
+        raise ResultsDirError(f"--restart deletes results directories only; {out} is not one")
+    if not args.restart:
+        check_target(out, experiment)
 
-    from xorbench.runner import run_experiment
+    from xorbench.runner import open_executor, run_experiment
 
-    n_runs = len(experiment.cells) * experiment.seeds
-    print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {experiment.seeds} "
-          f"seeds = {n_runs} runs -> {out}", file=sys.stderr)
-    bar, on_cell_done = _progress(n_runs, args.quiet)
-    start = time.perf_counter()
-    with bar:
-        runs = run_experiment(experiment, out, workers=args.workers, on_cell_done=on_cell_done)
+    # Connect before deleting or printing anything, so a missing scheduler is one line of error
+    # and leaves --out as it was.
+    executor = open_executor(experiment.engine, workers=args.workers, scheduler=args.scheduler,
+                             cells_per_task=args.cells_per_task)
+    try:
+        if args.restart and out.exists():
+            shutil.rmtree(out)
+        n_runs = len(experiment.cells) * experiment.seeds
+        where = f" on {args.scheduler}" if args.scheduler else ""
+        print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {experiment.seeds} "
+              f"seeds = {n_runs} runs{where} -> {out}", file=sys.stderr)
+        bar, on_cell_done = _progress(n_runs, args.quiet)
+        start = time.perf_counter()
+        with bar:
+            runs = run_experiment(experiment, out, executor=executor, on_cell_done=on_cell_done)
+    finally:
+        executor.close()
     counts = runs["status"].value_counts().to_dict()
     print(f"xorbench: {len(runs)} runs in {time.perf_counter() - start:.1f} s "
           f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); results in {out}")
@@ -175,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {"run": cmd_run, "report": cmd_report}[args.command]
     try:
         return command(args)
-    except (ConfigError, ResultsDirError, BenchFileError) as exc:
+    except (ConfigError, ResultsDirError, BenchFileError, ClusterError) as exc:
         print(f"xorbench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

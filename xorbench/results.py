@@ -190,8 +190,14 @@ def locked(path: Path) -> Iterator[None]:
         lock.release()
 
 
-def start(path: Path, experiment: Any, *, workers: int) -> dict[str, Any]:
-    """Create (or reopen, to resume) a results directory and write its manifest."""
+def start(
+    path: Path, experiment: Any, *, workers: int, scheduler: str | None = None
+) -> dict[str, Any]:
+    """Create (or reopen, to resume) a results directory and write its manifest.
+
+    ``workers`` counts local worker processes, or the Dask cluster's worker threads when this
+    session runs on the Dask scheduler at ``scheduler`` (None: this machine).
+    """
     from xorbench.environment import describe
 
     check_target(path, experiment)
@@ -201,6 +207,7 @@ def start(path: Path, experiment: Any, *, workers: int) -> dict[str, Any]:
         "experiment": _normalised(experiment.to_dict()),
         **describe(),
         "workers": workers,
+        "scheduler": scheduler,
         "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sessions": [*previous.get("sessions", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")],
         "finished": None,

@@ -202,6 +202,51 @@ def test_a_child_that_dies_raises_child_died_and_is_replaced() -> None:
         child.wait()
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its new parent to reap it has ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+WORKER_WITH_A_LONG_CELL = """
+import pickle, sys, time
+from xorbench.cell_process import CellProcess
+from xorbench.grid import Cell
+from xorbench.runner import CellTask
+from xorbench.seeds import derive_seeds
+
+# SGD at batch 1 for 20,000 epochs: minutes of training, far past the test's deadline.
+task = CellTask(Cell("lightning", "sgd", 1, 0.05, 20_000), tuple(derive_seeds(0, 1)), 0,
+                False, 0.9)
+child = CellProcess("lightning", "per-run")
+pickle.dump(task, child._proc.stdin)
+child._proc.stdin.flush()
+print(child._proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_child_ends_when_its_worker_is_killed_mid_cell() -> None:
+    worker = subprocess.Popen([sys.executable, "-c", WORKER_WITH_A_LONG_CELL],
+                              stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert worker.stdout is not None
+        child = int(worker.stdout.readline())
+        assert _alive(child)
+        worker.kill()  # SIGKILL: the child is not told; the cell is already in its pipe
+        worker.wait()
+        deadline = time.monotonic() + 60
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child)
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 # ---------------------------------------------------------------------------------------------
 # A real cluster: a scheduler and two workers on 127.0.0.1, all started and stopped here
 
@@ -315,6 +360,7 @@ class ClusterRun:
     out: Path
     log: str
     victim_tasks: list[str]  # what the killed worker was processing when it was killed
+    parts_at_kill: int  # cells already written then
 
 
 @pytest.fixture(scope="module")
@@ -328,6 +374,7 @@ def cluster_run(dask_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFac
     run = _start(_xorbench("--scheduler", dask_cluster.address, "--out", str(out), "-q"),
                  log_path)
     victim_tasks: list[str] = []
+    parts_at_kill = 0
     try:
         with Client(dask_cluster.address, timeout=60) as client:
             victim = next(addr for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()
@@ -341,11 +388,12 @@ def cluster_run(dask_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFac
                 if parts and busy:
                     os.killpg(dask_cluster.workers["w2"].pid, signal.SIGKILL)
                     victim_tasks = [str(key) for key in busy]
+                    parts_at_kill = len(parts)
                 time.sleep(0.1)
         assert run.wait(timeout=900) == 0, log_path.read_text()
     finally:
         _stop(run)
-    return ClusterRun(out, log_path.read_text(), victim_tasks)
+    return ClusterRun(out, log_path.read_text(), victim_tasks, parts_at_kill)
 
 
 @pytest.mark.slow
@@ -355,8 +403,9 @@ def test_the_grid_on_the_cluster_equals_the_local_run_despite_a_killed_worker(
     experiment_cells = [c.key for c in build_experiment(
         "smoke", overrides={"epochs": (60,)}).cells]
 
-    # The killed worker had a task in flight, and it died with it.
+    # The killed worker had a task in flight, and it died with it, mid-grid.
     assert cluster_run.victim_tasks
+    assert 1 <= cluster_run.parts_at_kill < len(experiment_cells)
     assert dask_cluster.workers["w2"].wait(timeout=60) == -signal.SIGKILL
 
     # No cell lost, none written twice, and the same tables as the local run.
@@ -385,11 +434,12 @@ def test_resume_works_across_local_and_cluster_runs(
 ) -> None:
     cells = {c.key for c in build_experiment("smoke", overrides={"epochs": (60,)}).cells}
 
-    # Started locally, finished on the cluster: only the missing cells are trained there.
+    # Started locally, finished on the cluster (two cells per Dask task): only the missing
+    # cells are trained there.
     half_local = tmp_path / "half-local"
     kept = _interrupted_copy(local_run, half_local, 3)
     finish = subprocess.run(_xorbench("--scheduler", dask_cluster.address, "--out",
-                                      str(half_local), "-q"),
+                                      str(half_local), "--cells-per-task", "2", "-q"),
                             env=_env(), capture_output=True, text=True, timeout=900)
     assert finish.returncode == 0, finish.stderr
     assert _written(finish.stderr) == Counter(cells - set(kept))

@@ -3,8 +3,8 @@
 A Dask worker runs xorbench's tasks in threads of one Python process, and torch and TensorFlow
 must never be imported in the same process (importing both has been reported to crash). So a
 worker never trains a cell itself: it keeps one child process per framework, started on first
-use with ``python -m xorbench.cell_process FRAMEWORK ENGINE``, and sends it cells. The framework
-is imported once per child, not once per cell.
+use with ``python -m xorbench.cell_process FRAMEWORK ENGINE PARENT_PID``, and sends it cells.
+The framework is imported once per child, not once per cell.
 
 Plain ``subprocess`` pipes rather than ``multiprocessing``: Dask starts its worker processes as
 daemons, and a daemonic process may not start ``multiprocessing`` children.
@@ -12,7 +12,8 @@ daemons, and a daemonic process may not start ``multiprocessing`` children.
 Protocol: the parent writes a pickled :class:`~xorbench.runner.CellTask` to the child's stdin;
 the child answers on its original stdout with a pickled ``("ok", CellFrames)`` or
 ``("error", traceback_text)``. Anything the frameworks print goes to stderr, so it can never
-corrupt an answer. The child exits when its stdin closes (its worker stopped or died).
+corrupt an answer. The child exits when its stdin closes (its worker stopped), or within a
+second of its worker dying.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 import traceback
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from xorbench.runner import THREAD_VARIABLES, CellFrames, CellTask
+if TYPE_CHECKING:  # the child imports the runner only after it starts watching its parent
+    from xorbench.runner import CellFrames, CellTask
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +49,13 @@ class CellProcess:
         self._proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        from xorbench.runner import THREAD_VARIABLES
+
         env = dict(os.environ, **dict.fromkeys(THREAD_VARIABLES, "1"))
         logger.info("starting a %s child process", self.framework)
         return subprocess.Popen(
-            [sys.executable, "-m", "xorbench.cell_process", self.framework, self.engine],
+            [sys.executable, "-m", "xorbench.cell_process", self.framework, self.engine,
+             str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
         )
 
@@ -111,14 +117,34 @@ def serve(framework: str, engine: str, requests: IO[bytes], answers: IO[bytes]) 
         answers.flush()
 
 
+def _exit_with_parent(parent: int, interval_s: float = 1.0) -> None:
+    """End this child soon after its worker ``parent`` dies, even in the middle of a cell.
+
+    A worker killed by SIGKILL closes the pipes, but the child would only read the end after
+    finishing its cell; by then Dask has sent the cell to another worker. The parent's pid comes
+    from the parent: one read here could already be the reaper's, if the parent died first.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main() -> None:
-    framework, engine = sys.argv[1:3]
+    framework, engine, parent = sys.argv[1:4]
+    _exit_with_parent(int(parent))
     # Keep the real stdout for answers; point fd 1 at stderr so a framework's prints cannot
     # corrupt the pickle stream.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     with contextlib.suppress(BrokenPipeError):  # the parent went away mid-answer
         serve(framework, engine, sys.stdin.buffer, answers)
+    # Every answer is flushed; skipping the frameworks' slow teardown (about 2 s each here)
+    # lets a stopping Dask worker close its children before its nanny kills it.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ class ClusterError(ValueError):
     """A Dask scheduler that cannot be used as asked; the message is one line for the user."""
 
 
+# Not yet supported: tls:// schedulers (Dask's only authentication). This note goes when
+# --scheduler accepts tls:// with a certificate option passed to distributed.Security.
 def parse_scheduler(text: str) -> str:
     """Check a ``--scheduler`` value: ``tcp://HOST:PORT`` with a port from 1 to 65535."""
     refusal = ClusterError(
@@ -135,6 +137,9 @@ class DaskExecutor:
                 f"the Dask workers could not run xorbench ({type(exc).__name__}: {exc}); "
                 "install it on every worker: pip install -c constraints.txt 'xorbench[dask]'"
             ) from None
+        # Not checked: a worker's xorbench code itself (a checkout with other changes has the
+        # same version number). This note goes when workers report their git commit or a hash
+        # of the package's files and it is compared here.
         here = versions()
         for worker, found in sorted(by_worker.items()):
             for package in MATCHED_PACKAGES:
@@ -154,6 +159,9 @@ class DaskExecutor:
 
         if not tasks:
             return
+        # Not yet built: sending tasks to workers that already hold a child of their framework.
+        # Now a worker may start a child for each framework (two imports, both in memory).
+        # This note goes when tasks carry a per-framework Dask resource or worker restriction.
         size = self.cells_per_task or auto_cells_per_task(len(tasks), self.workers)
         chunks = chunk_tasks(tasks, size)
         logger.info("%d cells in %d Dask tasks of up to %d cells on %d worker threads",

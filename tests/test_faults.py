@@ -3,7 +3,7 @@ which worker ran them or what it ran before.
 
 The fault is injected without any hook in xorbench: a ``sitecustomize`` module, put on the
 PYTHONPATH of the run and therefore loaded by every process it spawns, wraps the worker entry
-point ``xorbench.runner._run_task`` so that the worker kills itself with SIGKILL when it is handed
+point ``xorbench.runner.train_cell`` so that the worker kills itself with SIGKILL when it is handed
 the chosen cell (once, or every time).
 """
 
@@ -28,9 +28,9 @@ if _SPEC:
     import xorbench.runner as _runner
 
     _key, _marker = _SPEC.split("|")
-    _real = _runner._run_task
+    _real = _runner.train_cell
 
-    def _run_task(task):
+    def train_cell(task):
         first = not _marker or not Path(_marker).exists()
         if task.cell.key == _key and first:
             if _marker:
@@ -38,8 +38,8 @@ if _SPEC:
             os.kill(os.getpid(), signal.SIGKILL)  # the cell is in flight, its part unwritten
         return _real(task)
 
-    _run_task.__module__, _run_task.__qualname__ = _real.__module__, _real.__qualname__
-    _runner._run_task = _run_task
+    train_cell.__module__, train_cell.__qualname__ = _real.__module__, _real.__qualname__
+    _runner.train_cell = train_cell
 '''
 
 VICTIM = "lightning-sgd-b8-lr0.05-h3x4-e10"  # the longest cell: the first one a worker gets

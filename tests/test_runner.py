@@ -35,16 +35,16 @@ def scripted_fit(val_acc_by_seed: dict[int, list[float]]):  # type: ignore[no-un
     return fit
 
 
-def make_task(tmp_path: Path, n_seeds: int = 3) -> CellTask:
-    return CellTask(CELL, tuple(derive_seeds(0, n_seeds)), 0, False, 0.9, tmp_path)
+def make_task(n_seeds: int = 3) -> CellTask:
+    return CellTask(CELL, tuple(derive_seeds(0, n_seeds)), 0, False, 0.9)
 
 
 def seed_key(task: CellTask, i: int) -> int:
     return int(glorot_uniform(CELL.hidden, task.seeds[i].init_seed)[0][0][0, 0] * 1e6)
 
 
-def test_cell_frames_keep_every_run_with_its_status(tmp_path: Path) -> None:
-    task = make_task(tmp_path)
+def test_cell_frames_keep_every_run_with_its_status() -> None:
+    task = make_task()
     script = {
         seed_key(task, 0): [0.5, 0.8, 0.95, 1.0],
         seed_key(task, 1): [0.5, 0.5, 0.5, 0.5],
@@ -71,12 +71,12 @@ def test_cell_frames_keep_every_run_with_its_status(tmp_path: Path) -> None:
 def test_parts_merge_in_grid_order_and_resume_skips_finished_cells(tmp_path: Path) -> None:
     experiment = build_experiment("smoke", overrides={"framework": ("lightning",)})
     results.start(tmp_path, experiment, workers=1)
-    task = make_task(tmp_path / results.PARTS, 2)
+    task = make_task(2)
     script = {seed_key(task, i): [0.5, 0.7, 0.9, 0.9, 0.9] for i in range(2)}
     for cell in experiment.cells[:2]:
-        part = CellTask(cell, task.seeds, 0, False, 0.9, task.parts_dir)
+        part = CellTask(cell, task.seeds, 0, False, 0.9)
         runs, history, weights = cell_frames(part, scripted_fit(script))
-        results.write_part(part.parts_dir, cell.key, runs, history, weights)
+        results.write_part(tmp_path / results.PARTS, cell.key, runs, history, weights)
 
     assert results.finished_cells(tmp_path) == {c.key for c in experiment.cells[:2]}
 

@@ -71,14 +71,14 @@ def test_cli_refuses_an_unknown_design_with_one_line(
     assert not (tmp_path / "r").exists()
 
 
-def test_a_factorial_cell_trains_crossed_runs_for_real(tmp_path: Path) -> None:
+def test_a_factorial_cell_trains_crossed_runs_for_real() -> None:
     """Lightning, batched: init streams fix epoch 0, and the diagonal equals independent runs."""
     cell = Cell("lightning", "adam", 32, 0.05, 3)
     adapter = load_adapter("lightning", "batched")
     k = 3
 
     def train(design: str) -> pd.DataFrame:
-        task = CellTask(cell, tuple(design_seeds(0, k, design)), 0, False, 0.9, tmp_path,
+        task = CellTask(cell, tuple(design_seeds(0, k, design)), 0, False, 0.9,
                         engine="batched")
         runs, history, _ = cell_frames(task, adapter.fit_batched, adapter.fit_batched)
         first = history[history["epoch"] == 0].set_index("run_id")["val_loss"]

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from xorbench.adapters.base import ENGINES
 from xorbench.bench import BenchFileError
+from xorbench.cluster import ClusterError, parse_scheduler
 from xorbench.grid import PRESETS, Cell, ConfigError, build_experiment, parse_list
 from xorbench.results import ResultsDirError, check_target, check_unlocked, is_results_dir
 from xorbench.seeds import SEED_DESIGNS
@@ -85,6 +86,13 @@ def _stats_options(args: argparse.Namespace) -> dict[str, float]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def _scheduler(text: str) -> str:
+    try:
+        return parse_scheduler(text)
+    except ClusterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="xorbench",
@@ -121,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "at a time")
     run.add_argument("--workers", type=_positive_int("--workers"),
                      help="worker processes (default: the number of cores)")
+    run.add_argument("--scheduler", type=_scheduler, metavar="tcp://HOST:PORT",
+                     help="train on the Dask cluster of this scheduler instead of local processes")
+    run.add_argument("--cells-per-task", type=_positive_int("--cells-per-task"),
+                     help="cells per Dask task (default: from the grid and the cluster's size)")
     run.add_argument("--out", type=Path, help="results directory (default: results/NAME)")
     run.add_argument("--restart", action="store_true",
                      help="delete the results in --out and start over")
@@ -165,7 +177,16 @@ def _check_report_dir(path: Path, option: str) -> None:
         raise ResultsDirError(f"{option} must be a directory; {path} is a file")
 
 
+def _check_executor_options(args: argparse.Namespace) -> None:
+    if args.scheduler is not None and args.workers is not None:
+        raise ClusterError("--workers sets local worker processes; with --scheduler the "
+                           "cluster's workers train the cells, so give one or the other")
+    if args.scheduler is None and args.cells_per_task is not None:
+        raise ClusterError("--cells-per-task needs --scheduler")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _check_executor_options(args)
     experiment = build_experiment(args.preset, args.config, _overrides(args))
     out = args.out or Path("results") / experiment.name
     if args.restart and out.is_dir() and any(out.iterdir()) and not is_results_dir(out):
@@ -176,19 +197,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         _check_report_dir(report_dir, "--report-dir")
 
-    from xorbench.runner import run_experiment
+    from xorbench.runner import open_executor, run_experiment
 
-    n_runs = len(experiment.cells) * experiment.runs_per_cell
-    k = experiment.seeds
-    seeds = f"{k} init x {k} order seeds" if experiment.seed_design == "factorial" else (
-        f"{k} seeds")
-    print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {seeds} "
-          f"= {n_runs} runs -> {out}", file=sys.stderr)
-    bar, on_cell_done = _progress(n_runs, args.quiet)
-    start = time.perf_counter()
-    with bar:
-        runs = run_experiment(experiment, out, workers=args.workers, on_cell_done=on_cell_done,
-                              restart=args.restart)
+    # Connect before printing anything, so a missing scheduler is one line of error and
+    # leaves --out as it was.
+    executor = open_executor(experiment.engine, workers=args.workers, scheduler=args.scheduler,
+                             cells_per_task=args.cells_per_task)
+    try:
+        n_runs = len(experiment.cells) * experiment.runs_per_cell
+        k = experiment.seeds
+        seeds = f"{k} init x {k} order seeds" if experiment.seed_design == "factorial" else (
+            f"{k} seeds")
+        where = f" on {args.scheduler}" if args.scheduler else ""
+        print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {seeds} "
+              f"= {n_runs} runs{where} -> {out}", file=sys.stderr)
+        bar, on_cell_done = _progress(n_runs, args.quiet)
+        start = time.perf_counter()
+        with bar:
+            runs = run_experiment(experiment, out, executor=executor, on_cell_done=on_cell_done,
+                                  restart=args.restart)
+    finally:
+        executor.close()
     counts = runs["status"].value_counts().to_dict()
     print(f"xorbench: {len(runs)} runs in {time.perf_counter() - start:.1f} s "
           f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); results in {out}")
@@ -234,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return command(args)
-    except (ConfigError, ResultsDirError, BenchFileError) as exc:
+    except (ConfigError, ResultsDirError, BenchFileError, ClusterError) as exc:
         print(f"xorbench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

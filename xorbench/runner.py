@@ -1,10 +1,15 @@
-"""Run an experiment's cells in worker processes and write the results directory.
+"""Run an experiment's cells on an executor and write the results directory.
 
-Each framework gets its own pool of spawned worker processes, one thread each, so torch and
-TensorFlow never share a process (importing both in one process has been reported to crash) and
-each framework is imported once per worker, not once per cell. A worker trains a whole cell (all
-its seeds) and writes the cell's rows as parts under ``RESULTS/parts``; when every cell is done
-the parts are merged into ``runs.parquet``, ``history.parquet`` and ``weights.parquet``.
+One loop owns the results directory: it holds the lock, writes the manifest, skips the cells
+whose parts are already there (resume), writes each finished cell's part as the executor hands
+its tables back, and merges the parts into ``runs.parquet``, ``history.parquet`` and
+``weights.parquet`` at the end. Executors only train cells and return their tables:
+
+- :class:`LocalPool` (the default): one spawned process pool per framework on this machine, one
+  thread each, so torch and TensorFlow never share a process (importing both in one process has
+  been reported to crash) and each framework is imported once per worker, not once per cell.
+- ``xorbench.cluster.DaskExecutor`` (``scheduler="tcp://HOST:PORT"``): a running Dask cluster.
+  Only then is Dask imported.
 """
 
 from __future__ import annotations
@@ -14,21 +19,21 @@ import logging
 import multiprocessing
 import os
 import signal
-import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
 
 from xorbench import results, stats
 from xorbench.adapters.base import HISTORY_METRICS, TrainOutput, load_adapter
+from xorbench.cell_process import exit_with_parent
 from xorbench.data import Dataset, batch_orders, make_xor, steps_per_epoch
 from xorbench.grid import Cell, Experiment
 from xorbench.model import Weights, evaluate, flatten, glorot_uniform
@@ -41,15 +46,22 @@ ProgressCallback = Callable[[Cell, pd.DataFrame], None]
 
 @dataclass(frozen=True)
 class CellTask:
-    """Everything a worker needs to train one cell and write its part."""
+    """Everything a worker needs to train one cell (it writes nothing: it returns tables)."""
 
     cell: Cell
     seeds: tuple[RunSeeds, ...]
     base_seed: int
     data_per_run: bool
     target: float
-    parts_dir: Path
     engine: str = "per-run"
+
+
+class CellFrames(NamedTuple):
+    """One cell's tables: a row per run, a row per run x epoch, a row per run's weights."""
+
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    weights: pd.DataFrame
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +149,7 @@ def cell_frames(
     task: CellTask,
     fit: Callable[..., TrainOutput],
     fit_batched: Callable[..., list[TrainOutput]] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+) -> CellFrames:
     """Train every seed of a cell; return its (runs, history, weights) tables.
 
     With ``fit_batched`` the seeds are trained together (the batched engine), else one by one.
@@ -207,47 +219,45 @@ def cell_frames(
     runs["asgd_averaging"] = runs["asgd_averaging"].astype("boolean")
     history_table = pd.concat(history_parts, ignore_index=True)[results.HISTORY_COLUMNS]
     weights = pd.DataFrame(weight_rows, columns=results.WEIGHT_COLUMNS)
-    return runs, history_table, weights
+    return CellFrames(runs, history_table, weights)
 
 
 # ---------------------------------------------------------------------------------------------
-# Worker processes
+# Training a cell in a worker process (both executors)
 
 
-def _init_worker(framework: str, engine: str, parent: int) -> None:
-    """Pin the worker to one thread and import its framework once, before the first cell.
+THREAD_VARIABLES: tuple[str, ...] = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+)
 
-    The worker also ends itself when its parent (the run) dies: a killed run must not leave
-    workers that go on training and writing. On Ctrl-C (sent to the whole process group) the
-    worker exits quietly; the run reports the interruption once.
-    """
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-                "TF_NUM_INTEROP_THREADS"):
+
+def init_worker(framework: str, engine: str) -> None:
+    """Pin the worker to one thread and import its framework once, before the first cell."""
+    for var in THREAD_VARIABLES:
         os.environ[var] = "1"
-    signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     load_adapter(framework, engine)
 
 
-EXIT_INTERRUPTED = 130
-
-
-def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
-    """Exit the process once ``parent`` is no longer its parent (it died; we were re-parented)."""
-    while os.getppid() == parent:
-        time.sleep(every_s)
-    os._exit(EXIT_INTERRUPTED)
-
-
-def _run_task(task: CellTask) -> pd.DataFrame:
-    """Worker entry point: train the cell, write its part, return its runs rows."""
+def train_cell(task: CellTask) -> CellFrames:
+    """Train one cell in this process with its framework's adapter; return its tables."""
     adapter = load_adapter(task.cell.framework, task.engine)
     if task.engine == "batched":
-        runs, history, weights = cell_frames(task, adapter.fit_batched, adapter.fit_batched)
-    else:
-        runs, history, weights = cell_frames(task, adapter.fit)
-    results.write_part(task.parts_dir, task.cell.key, runs, history, weights)
-    return runs
+        return cell_frames(task, adapter.fit_batched, adapter.fit_batched)
+    return cell_frames(task, adapter.fit)
+
+
+LOST_CELL_REASON = ("worker process died while training this cell (killed by a signal, "
+                    "a crash in native code, or out of memory)")
+
+
+def lost_cell_frames(task: CellTask, reason: str = LOST_CELL_REASON) -> CellFrames:
+    """The tables of a cell whose worker died on it again and again: every run failed."""
+    logger.error("cell %s: %s", task.cell.key, reason)
+
+    def fail(*_: object) -> TrainOutput:
+        raise RuntimeError(reason)
+
+    return cell_frames(task, fail)  # per-run: every seed is recorded
 
 
 def estimated_cost(cell: Cell, seeds: int) -> float:
@@ -255,6 +265,127 @@ def estimated_cost(cell: Cell, seeds: int) -> float:
     per_step, per_epoch = (0.8, 1.5) if cell.framework == "lightning" else (0.9, 3.0)
     steps = steps_per_epoch(150, cell.batch_size)
     return seeds * cell.epochs * (steps * per_step + per_epoch)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop every executor shares
+
+
+class CellExecutor(Protocol):
+    """Trains cells somewhere and hands their tables back, in the order they finish.
+
+    ``tasks`` come longest first. An executor writes nothing: the loop that holds the results
+    directory's lock writes each part, so no cell is written twice or half.
+    """
+
+    workers: int  # for the manifest: processes (local) or worker threads (cluster)
+    scheduler: str | None
+
+    def run(self, tasks: Sequence[CellTask]) -> Iterator[tuple[CellTask, CellFrames]]: ...
+
+    def close(self) -> None: ...
+
+
+def open_executor(
+    engine: str,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    cells_per_task: int | None = None,
+) -> CellExecutor:
+    """The local process pools, or a connection to the Dask scheduler at ``scheduler``.
+
+    Connecting raises ``xorbench.cluster.ClusterError`` (one line) when the scheduler is not
+    there, has no workers, or its workers differ from this machine.
+    """
+    if scheduler is None:
+        return LocalPool(workers or os.cpu_count() or 1, engine)
+    from xorbench.cluster import DaskExecutor  # Dask is imported only here
+
+    return DaskExecutor(scheduler, cells_per_task=cells_per_task)
+
+
+def run_experiment(
+    experiment: Experiment,
+    out_dir: Path,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    cells_per_task: int | None = None,
+    executor: CellExecutor | None = None,
+    on_cell_done: ProgressCallback | None = None,
+    restart: bool = False,
+) -> pd.DataFrame:
+    """Train every cell not yet finished in ``out_dir`` and write the results directory.
+
+    Returns the runs table. Cells whose parts are already in ``out_dir`` (same experiment) are
+    skipped, so an interrupted run resumes where it stopped, on either executor. With
+    ``restart``, the results already in ``out_dir`` are deleted first, once the lock is held
+    (never under a running run).
+
+    Parameters
+    ----------
+    workers
+        Local worker processes (default: the number of cores); not used with ``scheduler``.
+    scheduler
+        ``tcp://HOST:PORT`` of a running Dask scheduler; None (default) trains on this machine.
+    cells_per_task
+        Cells per Dask task (default: chosen from the grid and the cluster's size).
+    executor
+        An executor from :func:`open_executor` to use instead (the caller closes it).
+    """
+    results.check_target(out_dir, None if restart else experiment)  # before creating anything
+    owned = executor is None
+    if executor is None:
+        executor = open_executor(experiment.engine, workers=workers, scheduler=scheduler,
+                                 cells_per_task=cells_per_task)
+    try:
+        with results.locked(out_dir):
+            if restart:
+                results.clear(out_dir)
+            return _run_locked(experiment, out_dir, executor, on_cell_done)
+    finally:
+        if owned:
+            executor.close()
+
+
+def cell_tasks(experiment: Experiment, todo: Sequence[Cell]) -> list[CellTask]:
+    """The tasks of the ``todo`` cells, longest first (LPT: the last cells to finish are short)."""
+    seeds = tuple(design_seeds(experiment.base_seed, experiment.seeds, experiment.seed_design))
+    return [
+        CellTask(cell, seeds, experiment.base_seed, experiment.data_per_run, experiment.target,
+                 experiment.engine)
+        for cell in sorted(todo, key=lambda c: -estimated_cost(c, len(seeds)))
+    ]
+
+
+def _run_locked(
+    experiment: Experiment, out_dir: Path, executor: CellExecutor,
+    on_cell_done: ProgressCallback | None,
+) -> pd.DataFrame:
+    manifest = results.start(out_dir, experiment, workers=executor.workers,
+                             scheduler=executor.scheduler)
+    done = results.finished_cells(out_dir)
+    todo = [cell for cell in experiment.cells if cell.key not in done]
+    if len(todo) < len(experiment.cells):
+        logger.info("resuming: %d of %d cells already finished",
+                    len(experiment.cells) - len(todo), len(experiment.cells))
+
+    parts_dir = out_dir / results.PARTS
+    for task, frames in executor.run(cell_tasks(experiment, todo)):
+        results.write_part(parts_dir, task.cell.key, *frames)
+        logger.info("cell %s: part written", task.cell.key)
+        if on_cell_done is not None:
+            on_cell_done(task.cell, frames.runs)
+
+    runs = results.merge_parts(out_dir, [c.key for c in experiment.cells])
+    stats.write_summary(out_dir)
+    results.finish(out_dir, manifest)
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# The local executor: process pools on this machine
 
 
 def split_workers(workers: int, cost_by_framework: dict[str, float]) -> dict[str, int]:
@@ -270,68 +401,52 @@ def split_workers(workers: int, cost_by_framework: dict[str, float]) -> dict[str
     return shares
 
 
-def run_experiment(
-    experiment: Experiment,
-    out_dir: Path,
-    *,
-    workers: int | None = None,
-    on_cell_done: ProgressCallback | None = None,
-    restart: bool = False,
-) -> pd.DataFrame:
-    """Train every cell not yet finished in ``out_dir`` and write the results directory.
+class LocalPool:
+    """Trains cells in spawned worker processes on this machine, one framework per process."""
 
-    Returns the runs table. Cells whose parts are already in ``out_dir`` (same experiment) are
-    skipped, so an interrupted run resumes where it stopped. With ``restart``, the results
-    already in ``out_dir`` are deleted first, once the lock is held (never under a running run).
-    """
-    results.check_target(out_dir, None if restart else experiment)  # before creating anything
-    with results.locked(out_dir):
-        if restart:
-            results.clear(out_dir)
-        return _run_locked(experiment, out_dir, workers or os.cpu_count() or 1, on_cell_done)
+    scheduler: str | None = None
 
+    def __init__(self, workers: int, engine: str) -> None:
+        self.workers = workers
+        self.engine = engine
 
-def _run_locked(
-    experiment: Experiment, out_dir: Path, workers: int, on_cell_done: ProgressCallback | None
-) -> pd.DataFrame:
-    manifest = results.start(out_dir, experiment, workers=workers)
-    done = results.finished_cells(out_dir)
-    todo = [cell for cell in experiment.cells if cell.key not in done]
-    if done:
-        logger.info("resuming: %d of %d cells already finished", len(done & {
-            c.key for c in experiment.cells}), len(experiment.cells))
+    def run(self, tasks: Sequence[CellTask]) -> Iterator[tuple[CellTask, CellFrames]]:
+        costs: dict[str, float] = {}
+        for task in tasks:
+            fw = task.cell.framework
+            costs[fw] = costs.get(fw, 0.0) + estimated_cost(task.cell, len(task.seeds))
+        shares = split_workers(self.workers, costs)
+        logger.info("%d cells to train; worker processes per framework: %s", len(tasks), shares)
 
-    seeds = tuple(design_seeds(experiment.base_seed, experiment.seeds, experiment.seed_design))
-    tasks = [
-        CellTask(cell, seeds, experiment.base_seed, experiment.data_per_run, experiment.target,
-                 out_dir / results.PARTS, experiment.engine)
-        for cell in sorted(todo, key=lambda c: -estimated_cost(c, len(seeds)))
-    ]
-    costs: dict[str, float] = {}
-    for task in tasks:
-        fw = task.cell.framework
-        costs[fw] = costs.get(fw, 0.0) + estimated_cost(task.cell, len(seeds))
-    shares = split_workers(workers, costs)
-    concurrent = sum(shares.values()) <= workers
-    logger.info("%d cells to train; worker processes per framework: %s", len(tasks), shares)
-
-    if concurrent:
-        _run_pools(tasks, shares, on_cell_done, experiment.engine)
-    else:
+        if sum(shares.values()) <= self.workers:
+            yield from _run_pools(tasks, shares, self.engine)
+            return
         for fw in shares:  # fewer workers than frameworks: one framework after the other
-            _run_pools([t for t in tasks if t.cell.framework == fw], {fw: shares[fw]},
-                       on_cell_done, experiment.engine)
+            fw_tasks = [t for t in tasks if t.cell.framework == fw]
+            yield from _run_pools(fw_tasks, {fw: shares[fw]}, self.engine)
 
-    runs = results.merge_parts(out_dir, [c.key for c in experiment.cells])
-    stats.write_summary(out_dir)
-    results.finish(out_dir, manifest)
-    return runs
+    def close(self) -> None:
+        """Nothing to release: the pools live only while :meth:`run` is iterated."""
+
+
+EXIT_INTERRUPTED = 130
+
+
+def _init_pool_worker(framework: str, engine: str, parent: int) -> None:
+    """:func:`init_worker`, and the worker ends itself when its run dies or is interrupted.
+
+    A killed run must not leave workers that go on training. On Ctrl-C (sent to the whole
+    process group) the worker exits quietly; the run reports the interruption once.
+    """
+    signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
+    exit_with_parent(parent)
+    init_worker(framework, engine)
 
 
 def _new_pool(framework: str, workers: int, engine: str) -> cf.ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")
     return cf.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker,
+        workers, mp_context=context, initializer=_init_pool_worker,
         initargs=(framework, engine, os.getpid()),
     )
 
@@ -348,10 +463,9 @@ class _Pool:
 
 
 def _run_pools(
-    tasks: Sequence[CellTask], shares: dict[str, int], on_cell_done: ProgressCallback | None,
-    engine: str,
-) -> None:
-    """Run ``tasks`` on one spawned process pool per framework, reporting each finished cell.
+    tasks: Sequence[CellTask], shares: dict[str, int], engine: str
+) -> Iterator[tuple[CellTask, CellFrames]]:
+    """Train ``tasks`` on one spawned process pool per framework, yielding each finished cell.
 
     Cells are handed out one per free worker, longest first. When a framework has no cell left,
     its workers are handed to the framework with the most estimated work left, so two workers
@@ -363,14 +477,14 @@ def _run_pools(
     """
     queues = {fw: deque(t for t in tasks if t.cell.framework == fw) for fw in shares}
     pools = [_Pool(fw, n, _new_pool(fw, n, engine)) for fw, n in shares.items()]
-    in_flight: dict[cf.Future[pd.DataFrame], tuple[CellTask, _Pool]] = {}
+    in_flight: dict[cf.Future[CellFrames], tuple[CellTask, _Pool]] = {}
     suspects: list[CellTask] = []
 
     def fill(pool: _Pool) -> None:
         queue = queues[pool.framework]
         while pool.busy < pool.size and queue and not pool.broken:
             task = queue.popleft()
-            in_flight[pool.executor.submit(_run_task, task)] = (task, pool)
+            in_flight[pool.executor.submit(train_cell, task)] = (task, pool)
             pool.busy += 1
 
     def most_work_left() -> str | None:
@@ -387,13 +501,12 @@ def _run_pools(
                 task, pool = in_flight.pop(future)
                 pool.busy -= 1
                 try:
-                    runs = future.result()
+                    frames = future.result()
                 except BrokenProcessPool:
                     pool.broken = True
                     suspects.append(task)
                     continue
-                if on_cell_done is not None:
-                    on_cell_done(task.cell, runs)
+                yield task, frames
 
             for pool in list(pools):
                 if pool.busy or (queues[pool.framework] and not pool.broken):
@@ -418,22 +531,7 @@ def _run_pools(
     for task in suspects:
         with _new_pool(task.cell.framework, 1, engine) as alone:
             try:
-                runs = alone.submit(_run_task, task).result()
+                frames = alone.submit(train_cell, task).result()
             except BrokenProcessPool:
-                runs = _record_lost_cell(task)
-        if on_cell_done is not None:
-            on_cell_done(task.cell, runs)
-
-
-def _record_lost_cell(task: CellTask) -> pd.DataFrame:
-    """Write a part that records every run of a cell whose worker process died as failed."""
-    reason = ("worker process died while training this cell (killed by a signal, "
-              "a crash in native code, or out of memory)")
-    logger.error("cell %s: %s", task.cell.key, reason)
-
-    def fail(*_: object) -> TrainOutput:
-        raise RuntimeError(reason)
-
-    runs, history, weights = cell_frames(task, fail)  # per-run: every seed is recorded
-    results.write_part(task.parts_dir, task.cell.key, runs, history, weights)
-    return runs
+                frames = lost_cell_frames(task)
+        yield task, frames

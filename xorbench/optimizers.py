@@ -33,6 +33,46 @@ HYPERPARAMS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyTyp
 
 OPTIMIZERS: tuple[str, ...] = tuple(HYPERPARAMS)
 
+# Where each argument of torch_kwargs and keras_kwargs sits in the live objects: name ->
+# (key in torch's optimizer.defaults, key in Keras's get_config()), None where the library has no
+# such setting. "betas[1]" is an item of torch's betas. The parity check reads hyperparameters
+# back through this map; tests check that it covers both kwargs functions.
+_Names = MappingProxyType[str, tuple[str, str | None]]
+PARAM_NAMES: MappingProxyType[str, _Names] = MappingProxyType(
+    {
+        "sgd": MappingProxyType({
+            "lr": ("lr", "learning_rate"),
+            "momentum": ("momentum", "momentum"),
+            "nesterov": ("nesterov", "nesterov"),
+            "dampening": ("dampening", None),
+            "weight_decay": ("weight_decay", None),
+        }),
+        "asgd": MappingProxyType({
+            "lr": ("lr", "learning_rate"),
+            "lambd": ("lambd", "lambd"),
+            "alpha": ("alpha", "alpha"),
+            "t0": ("t0", "t0"),
+            "weight_decay": ("weight_decay", "weight_decay"),
+        }),
+        "rmsprop": MappingProxyType({
+            "lr": ("lr", "learning_rate"),
+            "rho": ("alpha", "rho"),
+            "eps": ("eps", "epsilon"),
+            "momentum": ("momentum", "momentum"),
+            "centered": ("centered", "centered"),
+            "weight_decay": ("weight_decay", None),
+        }),
+        "adam": MappingProxyType({
+            "lr": ("lr", "learning_rate"),
+            "beta_1": ("betas[0]", "beta_1"),
+            "beta_2": ("betas[1]", "beta_2"),
+            "eps": ("eps", "epsilon"),
+            "amsgrad": ("amsgrad", "amsgrad"),
+            "weight_decay": ("weight_decay", None),
+        }),
+    }
+)
+
 
 @dataclass(frozen=True)
 class OptimizerSpec:

@@ -25,6 +25,7 @@ import multiprocessing
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from xorbench.data import N_TRAIN, batch_orders, make_xor
 from xorbench.grid import Cell
 from xorbench.model import DEFAULT_HIDDEN, glorot_uniform
 from xorbench.optimizers import OPTIMIZERS, PARAM_NAMES, OptimizerSpec
+from xorbench.results import write_atomic
 from xorbench.seeds import data_seed, derive_seeds
 
 # The torch side of every comparison; Keras is compared against it.
@@ -228,6 +230,9 @@ ACTIONS: Mapping[str, str] = {
     "lr": "passes the grid's lr to both (Keras keeps it in a floatx variable)",
     "value": "passes this value to both (optimizers.py), never a library default",
     "unused": "not set by xorbench; each library's own value",
+    "weight_decay": "torch's L2 term, passed as 0; Keras's weight_decay is decoupled (another "
+    "formula) and left unset",
+    "dampening": "passed as 0 to torch; Keras's momentum has no dampening",
 }
 
 
@@ -299,7 +304,7 @@ def differences_table(
             label = f"{name} (torch {t_key or '—'}, keras {k_key or '—'})"
             action = ACTIONS["lr"] if name == "lr" else ACTIONS["value"]
             if k_key is None:
-                action = "torch only: passed as in optimizers.py; Keras has no such setting"
+                action = ACTIONS.get(name, "torch only: passed as in optimizers.py")
             rows.append([opt, label, t_val, k_val,
                          "torch only" if k_key is None else _same(t_val, k_val),
                          _lookup(torch_obj["library_defaults"], t_key),
@@ -366,12 +371,16 @@ class ParityResult:
         The framework-differences table of every impl (see :func:`differences_table`).
     config
         What was compared.
+    traces
+        The runs themselves, keyed by (side, optimizer, batch size); side is "lightning" or a
+        Keras optimizer_impl.
     """
 
     epochs: pd.DataFrame
     summary: pd.DataFrame
     differences: pd.DataFrame
     config: ParityConfig
+    traces: dict[tuple[str, str, int], Trace]
 
 
 def summary_table(
@@ -420,4 +429,117 @@ def run_parity(config: ParityConfig) -> ParityResult:
     )
     epochs = epoch_table(config, traces)
     summary = summary_table(config, epochs, traces, differences)
-    return ParityResult(epochs, summary, differences, config)
+    return ParityResult(epochs, summary, differences, config, traces)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and Markdown
+
+# File names in a parity directory, one set per float type: parity_summary-float64.parquet ...
+PARITY_FILES: tuple[str, ...] = ("summary", "epochs", "differences")
+
+
+def _text(value: Any) -> str:
+    """A live setting as text: repr for numbers (1e-08, not 0.0), "" for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "" if value is None else "nan"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _as_text_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The differences table with every value column as text, so parquet can store it."""
+    out = frame.copy()
+    for column in ["torch", "keras", "torch default", "keras default"]:
+        out[column] = out[column].map(_text)
+    return out
+
+
+def parity_path(directory: Path, kind: str, dtype: str) -> Path:
+    """Where ``kind`` (summary, epochs, differences) of a ``dtype`` check is written."""
+    return Path(directory) / f"parity_{kind}-{dtype}.parquet"
+
+
+def write_parity(result: ParityResult, directory: Path) -> Path:
+    """Write the three tables as parquet and the Markdown as ``parity-<dtype>.md``; its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = result.config.dtype
+    tables = {
+        "summary": result.summary,
+        "epochs": result.epochs,
+        "differences": _as_text_columns(result.differences),
+    }
+    for kind, frame in tables.items():
+        write_atomic(frame, parity_path(directory, kind, dtype))
+    path = directory / f"parity-{dtype}.md"
+    path.write_text(parity_markdown(result.summary, tables["differences"]) + "\n", "utf-8")
+    return path
+
+
+def read_parity(directory: Path) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(summary, differences) of every float type found in ``directory``, float32 first."""
+    found = []
+    for dtype in DTYPES:
+        summary = parity_path(directory, "summary", dtype)
+        if summary.exists():
+            differences = pd.read_parquet(parity_path(directory, "differences", dtype))
+            found.append((pd.read_parquet(summary), differences))
+    return found
+
+
+def _sci(value: float) -> str:
+    return "nan" if not math.isfinite(value) else f"{value:.2g}"
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """The per-cell table: largest differences, first epoch past tolerance, cause."""
+    shown = pd.DataFrame({
+        "impl": summary["impl"],
+        "optimizer": summary["optimizer"],
+        "batch": summary["batch_size"].astype(str),
+        "max loss diff": summary["max_loss_diff"].map(_sci),
+        "max weight diff": summary["max_weight_diff"].map(_sci),
+        "first epoch > tol": summary["first_epoch_past"].map(
+            lambda e: "—" if pd.isna(e) else str(int(e))
+        ),
+        "ASGD averaging (torch/keras)": [
+            "" if pd.isna(t) else f"{bool(t)}/{bool(k)}"
+            for t, k in zip(summary["asgd_averaging_torch"], summary["asgd_averaging_keras"],
+                            strict=True)
+        ],
+        "cause": summary["cause"],
+    })
+    return str(shown.to_markdown(index=False, disable_numparse=True))
+
+
+def parity_markdown(summary: pd.DataFrame, differences: pd.DataFrame) -> str:
+    """Both tables of one float type, with a line saying what they compare."""
+    first = summary.iloc[0]
+    epochs_note = (
+        f"Lightning against Keras, {first['dtype']}, same initial weights and batch order; "
+        f"tolerance {first['tolerance']:g}. Loss: the larger of the train and validation loss "
+        "differences; weights: the largest absolute difference over all weights, epoch 0 "
+        "(as loaded) included."
+    )
+    native = differences[differences["impl"] == differences["impl"].iloc[0]]
+    return "\n\n".join([
+        f"### Parity, {first['dtype']}",
+        epochs_note,
+        summary_markdown(summary),
+        f"### Framework differences ({first['dtype']}, read from the live optimizer objects)",
+        str(native.drop(columns="impl").to_markdown(index=False, disable_numparse=True)),
+        _aligned_note(differences),
+    ])
+
+
+def _aligned_note(differences: pd.DataFrame) -> str:
+    """The rows whose value changes with optimizer_impl (the classes and formulas)."""
+    impls = list(dict.fromkeys(differences["impl"]))
+    if len(impls) < 2:
+        return ""
+    rows = differences[differences["hyperparameter"].isin(["class", "formula"])]
+    wide = rows.pivot_table(index=["optimizer", "hyperparameter"], columns="impl",
+                            values="keras", aggfunc="first", sort=False).reset_index()
+    return "Keras side per optimizer_impl:\n\n" + str(
+        wide.to_markdown(index=False, disable_numparse=True)
+    )

@@ -149,6 +149,8 @@ def keras_kwargs(spec: OptimizerSpec) -> dict[str, Any]:
             "lambd": float(h["lambd"]),
             "alpha": float(h["alpha"]),
             "t0": float(h["t0"]),
+            # xorbench's ASGD takes torch's L2 weight decay, so the value goes to both.
+            "weight_decay": float(h["weight_decay"]),
         }
     if spec.name == "rmsprop":
         return {

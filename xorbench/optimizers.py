@@ -6,8 +6,9 @@ on a library default: they build their optimizer objects from :func:`torch_kwarg
 
 The values are torch's defaults, so that the notebook's PyTorch half reproduces. With them the
 Keras optimizers still differ in formula, not in value: RMSprop and Adam place epsilon differently
-(see the framework-differences notes in the README), and Keras has no ASGD, so xorbench ships a
-port of torch's algorithm (``xorbench.adapters.keras_asgd``).
+(``xorbench parity`` shows the framework-differences table, read from the live objects; the
+"aligned" optimizer_impl uses Keras ports of torch's formulas), and Keras has no ASGD, so
+xorbench ships a port of torch's algorithm (``xorbench.adapters.keras_asgd``).
 """
 
 from __future__ import annotations

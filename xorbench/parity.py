@@ -43,6 +43,9 @@ from xorbench.seeds import data_seed, derive_seeds
 # The torch side of every comparison; Keras is compared against it.
 REFERENCE = "lightning"
 OTHER = "keras"
+# A float32 check also trains the torch side in float64: how far each framework's float32 run
+# is from it measures what float32 rounding alone does to the cell.
+EXACT = "lightning-float64"
 
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 32, N_TRAIN)
 DEFAULT_EPOCHS = 20
@@ -132,7 +135,8 @@ def _cells(config: ParityConfig) -> list[tuple[str, int]]:
 
 
 def _requests(config: ParityConfig) -> dict[tuple[str, str, int], parity_worker.TraceRequest]:
-    """One request per (side, optimizer, batch); side is the torch reference or a Keras impl."""
+    """One request per (side, optimizer, batch): the torch reference, each Keras impl, and in
+    float32 the torch reference again in float64 (:data:`EXACT`)."""
     run = derive_seeds(config.base_seed, 1)[0]
     data = make_xor(data_seed(config.base_seed))
     initial = glorot_uniform(config.hidden, run.init_seed)
@@ -147,6 +151,10 @@ def _requests(config: ParityConfig) -> dict[tuple[str, str, int], parity_worker.
         for side, cell in sides.items():
             requests[side, opt, batch] = parity_worker.TraceRequest(
                 cell, data, initial, orders, config.dtype
+            )
+        if config.dtype != "float64":
+            requests[EXACT, opt, batch] = parity_worker.TraceRequest(
+                base, data, initial, orders, "float64"
             )
     return requests
 
@@ -389,9 +397,12 @@ def summary_table(
 ) -> pd.DataFrame:
     """Per cell: largest differences, first epoch past the tolerance, ASGD flags and the cause.
 
-    The cause is the differing rows of the differences table for the cell's optimizer and impl;
-    a cell with none is "rounding" (or "none" if nothing differs at all), and a cell past its
-    tolerance with no differing row is flagged "unexplained".
+    The cause is the differing rows of the differences table for the cell's optimizer and impl.
+    A cell with none is "rounding" (or "none" if nothing differs at all). In float32 the columns
+    ``float32_drift_torch`` and ``float32_drift_keras`` hold each framework's largest weight
+    distance from the torch run in float64; a cell past its tolerance with no differing row is
+    put down to float32 rounding when either drift passes the tolerance on its own, and is
+    flagged "unexplained" otherwise.
     """
     tol = config.tol
     rows = []
@@ -400,9 +411,16 @@ def summary_table(
         named = causes(differences[differences["impl"] == impl], config.dtype).get(opt, "")
         largest = float(np.nanmax(diffs[list(DIFF_COLUMNS)].to_numpy()))
         past = first_epoch_past(diffs, tol)
+        drift = _float32_drift(traces, impl, opt, batch)
         cause = named or ("none" if largest == 0 else "rounding (float operation order)")
         if past is not None and not named:
-            cause = f"unexplained: {cause}"
+            if max(drift) > tol:
+                cause = (
+                    "float32 rounding: each framework's float32 run is up to "
+                    f"{drift[0]:.2g} (torch) and {drift[1]:.2g} (keras) from torch in float64"
+                )
+            else:
+                cause = f"unexplained: {cause}"
         rows.append({
             "impl": impl, "dtype": config.dtype, "optimizer": opt, "batch_size": batch,
             "max_loss_diff": float(np.nanmax(diffs[["loss_diff", "val_loss_diff"]].to_numpy())),
@@ -410,11 +428,27 @@ def summary_table(
             "tolerance": tol, "first_epoch_past": past,
             "asgd_averaging_torch": traces[REFERENCE, opt, batch].asgd_averaging,
             "asgd_averaging_keras": traces[impl, opt, batch].asgd_averaging,
+            "float32_drift_torch": drift[0], "float32_drift_keras": drift[1],
             "cause": cause,
         })
     frame = pd.DataFrame(rows)
     frame["first_epoch_past"] = frame["first_epoch_past"].astype("Int64")
     return frame
+
+
+def _float32_drift(
+    traces: Mapping[tuple[str, str, int], Trace], impl: str, opt: str, batch: int
+) -> tuple[float, float]:
+    """Largest weight distance of the torch and Keras runs from torch in float64; NaN in float64."""
+    exact = traces.get((EXACT, opt, batch))
+    if exact is None:
+        return math.nan, math.nan
+    out = []
+    for side in (REFERENCE, impl):
+        n = min(len(exact.weights), len(traces[side, opt, batch].weights))
+        gap = np.abs(traces[side, opt, batch].weights[:n] - exact.weights[:n])
+        out.append(float(np.max(gap)) if gap.size else math.nan)
+    return out[0], out[1]
 
 
 def run_parity(config: ParityConfig) -> ParityResult:
@@ -509,6 +543,11 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         ],
         "cause": summary["cause"],
     })
+    drift = summary[["float32_drift_torch", "float32_drift_keras"]]
+    if drift.notna().any().any():
+        shown.insert(6, "float32 drift from float64 (torch/keras)", [
+            f"{_sci(t)}/{_sci(k)}" for t, k in drift.itertuples(index=False)
+        ])
     return str(shown.to_markdown(index=False, disable_numparse=True))
 
 
@@ -520,6 +559,9 @@ def parity_markdown(summary: pd.DataFrame, differences: pd.DataFrame) -> str:
         f"tolerance {first['tolerance']:g}. Loss: the larger of the train and validation loss "
         "differences; weights: the largest absolute difference over all weights, epoch 0 "
         "(as loaded) included."
+        + (" Float32 drift: each framework's largest weight distance from torch's own float64 "
+           "run of the cell, i.e. what float32 rounding alone does." if first["dtype"] ==
+           "float32" else "")
     )
     native = differences[differences["impl"] == differences["impl"].iloc[0]]
     return "\n\n".join([

@@ -38,6 +38,13 @@ from xorbench.grid import Cell
 from xorbench.model import DEFAULT_HIDDEN, glorot_uniform
 from xorbench.optimizers import OPTIMIZERS, PARAM_NAMES, OptimizerSpec
 from xorbench.results import write_atomic
+
+# Known shortcomings, to retire when each is built:
+# - ASGD: the traces compare the iterates, not the averaged weights both frameworks evaluate
+#   once averaging is active; xorbench's t0 (1e6) is never reached here, and the summary records
+#   each side's averaging flag. Goes when Trace carries the evaluated weights too.
+# - One run per cell (seed index 0) and one lr: a seed-dependent gap would go unseen. Goes when
+#   ParityConfig takes a number of seeds and the summary reports the worst seed.
 from xorbench.seeds import data_seed, derive_seeds
 
 # The torch side of every comparison; Keras is compared against it.
@@ -300,8 +307,9 @@ def differences_table(
         tc, kc = torch_obj["class"], keras_obj["class"]
         t_formula, k_formula = _formula(REFERENCE, tc), _formula(OTHER, kc)
         rows.append([opt, "class", tc, kc, "—", "", "", ACTIONS["class"] if opt == "asgd" else ""])
-        rows.append([opt, "formula", t_formula, k_formula, _same(t_formula, k_formula), "", "",
-                     ACTIONS["formula"]])
+        formula_same = _same(t_formula, k_formula)
+        rows.append([opt, "formula", t_formula, k_formula, formula_same, "", "",
+                     ACTIONS["formula"] if formula_same == "differs" else ""])
 
         used_torch, used_keras = set(), set()
         for name, (t_key, k_key) in PARAM_NAMES[opt].items():

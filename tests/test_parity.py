@@ -220,3 +220,23 @@ def test_bad_parity_options_exit_2_with_one_line(
     assert len(err.strip().splitlines()) == 1, err
     assert message in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_command_prints_and_writes_the_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "parity"
+    argv = ["parity", "--optimizer", "sgd", "--batch-size", "150", "--epochs", "2",
+            "--dtype", "float64", "--optimizer-impl", "aligned", "--out", str(out)]
+
+    assert main(argv) == 0
+
+    printed = capsys.readouterr().out
+    assert "### Parity, float64" in printed
+    assert re.search(r"\| aligned +\| sgd +\| 150 +\|", printed)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "parity-float64.md", "parity_differences-float64.parquet",
+        "parity_epochs-float64.parquet", "parity_summary-float64.parquet",
+    ]
+    epochs = pd.read_parquet(out / "parity_epochs-float64.parquet")
+    assert list(epochs["epoch"]) == [0, 1, 2]

@@ -115,8 +115,8 @@ def _add_parity(commands: Any) -> None:
                         help="sgd,asgd,rmsprop,adam (default: all)")
     parity.add_argument("--batch-size", type=_list(int, "--batch-size"),
                         help="default: 1,32,150")
-    parity.add_argument("--epochs", type=_positive_int("--epochs"), default=20,
-                        help="epochs per run (default: 20)")
+    parity.add_argument("--epochs", type=_positive_int("--epochs"),
+                        help="epochs per run (default: 10 in float32, 20 in float64)")
     parity.add_argument("--dtype", type=_list(str, "--dtype"), default=("float32",),
                         help="float32 (default), float64 or float32,float64")
     parity.add_argument("--optimizer-impl", choices=[*OPTIMIZER_IMPLS, "both"], default="both",
@@ -197,12 +197,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _parity_configs(args: argparse.Namespace) -> list[Any]:
     """One ParityConfig per float type, or ConfigError naming the bad setting."""
-    from xorbench.parity import ParityConfig, check_config
+    from xorbench.parity import DEFAULT_EPOCHS_BY_DTYPE, ParityConfig, check_config
 
     impls = OPTIMIZER_IMPLS if args.optimizer_impl == "both" else (args.optimizer_impl,)
     configs = []
     for dtype in dict.fromkeys(args.dtype):
-        settings: dict[str, Any] = {"epochs": args.epochs, "dtype": dtype, "impls": impls,
+        epochs = args.epochs or DEFAULT_EPOCHS_BY_DTYPE.get(dtype, 1)
+        settings: dict[str, Any] = {"epochs": epochs, "dtype": dtype, "impls": impls,
                                     "tolerance": args.tolerance, "lr": args.lr}
         if args.optimizer:
             settings["optimizers"] = args.optimizer

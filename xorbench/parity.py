@@ -56,6 +56,9 @@ EXACT = "lightning-float64"
 
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 32, N_TRAIN)
 DEFAULT_EPOCHS = 20
+# The epochs each float type is checked over when none are given, as issue 4 states the claims:
+# float64 agrees to 1e-9 for 20 epochs, float32 to 1e-5 for 10.
+DEFAULT_EPOCHS_BY_DTYPE: Mapping[str, int] = {"float64": 20, "float32": 10}
 DEFAULT_LR = 0.05
 
 # The tolerance each float type is held to when none is given: float64 trains the same

@@ -240,3 +240,24 @@ def test_parity_command_prints_and_writes_the_tables(
     ]
     epochs = pd.read_parquet(out / "parity_epochs-float64.parquet")
     assert list(epochs["epoch"]) == [0, 1, 2]
+
+
+def test_report_gains_a_parity_section_from_a_parity_directory(
+    short_float64: parity.ParityResult, tmp_path: Path,
+) -> None:
+    from fakes import seed_runs, write_results_dir
+
+    from xorbench.report import write_report
+
+    results = write_results_dir(tmp_path / "results", seed_runs([1.0, 0.5], epochs=3))
+    parity.write_parity(short_float64, tmp_path / "elsewhere")
+
+    plain = write_report(results, tmp_path / "plain").read_text()
+    with_parity = write_report(results, tmp_path / "report",
+                               parity=tmp_path / "elsewhere").read_text()
+
+    assert "## Framework parity" not in plain
+    section = with_parity.split("## Framework parity", 1)[1]
+    assert "### Parity, float64" in section
+    assert "| rmsprop     | formula " in section
+    assert with_parity.index("## Framework parity") < with_parity.index("## Setup")

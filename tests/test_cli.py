@@ -41,6 +41,11 @@ def test_help_imports_no_framework() -> None:
         (["--epochs", "0"], "epochs must be an integer >= 1; received 0"),
         (["--seeds", "0"], "--seeds must be an integer >= 1; received '0'"),
         (["--lr", "0.1,,0.2"], "--lr takes a comma-separated list"),
+        (["--margin-rate", "1"], "--margin-rate must be a number greater than 0 and less than 1; "
+                                 "received '1'"),
+        (["--margin-loss", "-0.1"], "--margin-loss must be a number greater than 0 and less than "
+                                    "inf; received '-0.1'"),
+        (["--margin-loss", "nan"], "--margin-loss must be a number greater than 0"),
     ],
 )
 def test_bad_run_options_exit_2_with_one_line_and_write_nothing(
@@ -78,3 +83,26 @@ def test_report_on_a_directory_that_is_not_results_is_refused(
         f"xorbench report: error: RESULTS must be an xorbench results directory; "
         f"received {tmp_path}"
     )
+
+
+def test_help_states_the_margins_the_statistics_use(capsys: pytest.CaptureFixture[str]) -> None:
+    from xorbench import stats
+
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+
+    assert f"reached-target rate (default {stats.MARGIN_RATE:g})" in text
+    assert f"in nats (default {stats.MARGIN_LOSS:g})" in text
+
+
+def test_report_margins_reach_the_equivalence_tests(tmp_path: Path) -> None:
+    from fakes import grid_runs, write_results_dir
+
+    results_dir = write_results_dir(tmp_path / "r", grid_runs(seeds=30))
+
+    assert main(["report", str(results_dir), "--out", str(tmp_path / "a"),
+                 "--margin-rate", "0.2", "--margin-loss", "0.5"]) == 0
+    text = (tmp_path / "a" / "report.md").read_text()
+    assert "Margins: reached-target rate ±0.2;" in text
+    assert "Lightning - Keras final loss ±0.5 nats." in text

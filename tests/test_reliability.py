@@ -107,6 +107,22 @@ def test_a_run_killed_mid_grid_resumes_to_the_same_tables(tmp_path: Path) -> Non
     victim.wait()
     finished_before = len(list((cut / "parts").glob("*.runs.parquet")))
     assert 2 <= finished_before < 8 and not (cut / "runs.parquet").exists()
+    parts_before = sorted(p.read_bytes() for p in (cut / "parts").iterdir())
+
+    # The report of the interrupted run covers its finished cells and names the missing ones.
+    partial = subprocess.run(
+        [sys.executable, "-m", "xorbench.cli", "report", str(cut), "--out",
+         str(tmp_path / "partial-report")], capture_output=True, text=True, timeout=600)
+    assert partial.returncode == 0, partial.stderr
+    text = (tmp_path / "partial-report" / "report.md").read_text()
+    assert f"Only {finished_before} of the experiment's 8 cells have finished" in text
+    missing = set(text.split("Missing: ", 1)[1].split("\n", 1)[0].rstrip(".").split(", "))
+    finished = {p.name.removesuffix(".runs.parquet") for p in (cut / "parts").glob("*.runs.*")}
+    planned = {f"lightning-{opt}-b{batch}-lr0.05-h3x4-e30"
+               for opt in ("sgd", "adam", "rmsprop", "asgd") for batch in (8, 150)}
+    assert missing == {f"`{key}`" for key in planned - finished}
+    assert f"It holds {4 * finished_before} runs" in text
+    assert sorted(p.read_bytes() for p in (cut / "parts").iterdir()) == parts_before  # untouched
 
     resumed = subprocess.run(_run(cut), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -118,3 +134,19 @@ def test_a_run_killed_mid_grid_resumes_to_the_same_tables(tmp_path: Path) -> Non
             a, b = a.drop(columns="wall_s"), b.drop(columns="wall_s")
             assert not b["run_id"].duplicated().any() and len(b) == 8 * 4
         pd.testing.assert_frame_equal(a, b)  # bit-exact: same rows, same values, same order
+
+
+def test_a_report_on_a_results_directory_with_no_finished_cell_is_refused(
+    tmp_path: Path,
+) -> None:
+    results.start(tmp_path / "r", build_experiment("smoke"), workers=1)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "xorbench.cli", "report", str(tmp_path / "r"), "--out",
+         str(tmp_path / "report")], capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"xorbench report: error: {tmp_path / 'r'} has no finished cell yet (8 planned): "
+        "nothing to report; run `xorbench run` with the same config to train them")
+    assert not (tmp_path / "report").exists()

@@ -21,7 +21,7 @@ from PIL import Image
 from xorbench import report
 from xorbench.data import xor_labels
 from xorbench.regions import LabelPredictor, WeightsClassifier, as_labels, plot_regions
-from xorbench.results import CELL_KEYS
+from xorbench.results import CELL_KEYS, ResultsDirError
 
 # Field case F2: one cell, 10 seeds; 7 end at 1.0, 2 at 0.75, 1 at 0.5.
 F2_ACCURACIES = [1.0, 0.75, 1.0, 1.0, 0.5, 1.0, 1.0, 0.75, 1.0, 1.0]
@@ -459,7 +459,7 @@ def test_report_without_weights_or_history_still_writes(tmp_path: Path) -> None:
 
 
 def test_not_a_results_directory_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="is not an xorbench results directory"):
+    with pytest.raises(ResultsDirError, match="is not an xorbench results directory"):
         report.write_report(tmp_path, tmp_path / "out")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shutil
 import sys
 import time
@@ -19,6 +20,7 @@ from xorbench.adapters.base import DTYPES, ENGINES, OPTIMIZER_IMPLS
 from xorbench.bench import BenchFileError
 from xorbench.grid import PRESETS, Cell, ConfigError, build_experiment, parse_list
 from xorbench.results import ResultsDirError, check_target, is_results_dir
+from xorbench.seeds import SEED_DESIGNS
 
 EXIT_USAGE = 2
 
@@ -53,6 +55,36 @@ def _positive_int(option: str) -> Any:
     return parse
 
 
+def _margin(option: str, upper: float) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 < value < upper:
+            raise argparse.ArgumentTypeError(
+                f"{option} must be a number greater than 0 and less than {upper:g}; "
+                f"received {text!r}")
+        return value
+
+    return parse
+
+
+def _add_margins(parser: argparse.ArgumentParser) -> None:
+    """The equivalence margins of the Lightning-against-Keras comparison (xorbench.stats)."""
+    parser.add_argument("--margin-rate", type=_margin("--margin-rate", 1), metavar="X",
+                        help="equivalence margin on the difference in reached-target rate "
+                        "(default 0.05)")
+    parser.add_argument("--margin-loss", type=_margin("--margin-loss", math.inf), metavar="X",
+                        help="equivalence margin on the per-seed final val loss difference, in "
+                        "nats (default 0.02)")
+
+
+def _stats_options(args: argparse.Namespace) -> dict[str, float]:
+    names = ("margin_rate", "margin_loss")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="xorbench",
@@ -74,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=_list(float, "--lr"), help="learning rates, e.g. 0.05,0.1")
     run.add_argument("--hidden", type=_list(tuple, "--hidden"), help="hidden widths, e.g. 3x4")
     run.add_argument("--epochs", type=_list(int, "--epochs"), help="epochs per run")
-    run.add_argument("--seeds", type=_positive_int("--seeds"), help="seeds per cell")
+    run.add_argument("--seeds", type=_positive_int("--seeds"),
+                     help="seeds per cell (k: k x k runs per cell with --seed-design factorial)")
+    run.add_argument("--seed-design", choices=SEED_DESIGNS,
+                     help="independent (default): each seed its own initial weights and batch "
+                     "order; factorial: every init seed with every order seed, to split the "
+                     "seed variance between them")
     run.add_argument("--base-seed", type=int, help="the seed every run's seeds derive from")
     run.add_argument("--target", type=float, help="val accuracy that counts as reached (0.9)")
     run.add_argument("--data-per-run", action="store_true", default=None,
@@ -94,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_dest.add_argument("--report-dir", type=Path, help="default: reports/NAME")
     report_dest.add_argument("--no-report", action="store_true", help="skip the report")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_margins(run)
 
     report = commands.add_parser("report", help="write the report of a results directory")
     report.add_argument("results", type=Path, metavar="RESULTS")
@@ -105,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a directory written by `xorbench parity --out` for the Framework "
                         "parity section (default: RESULTS/parity, if present)")
     _add_parity(commands)
+    _add_margins(report)
     return parser
 
 
@@ -130,7 +169,7 @@ def _add_parity(commands: Any) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["name", "framework", "optimizer", "batch_size", "lr", "hidden", "epochs", "seeds",
-             "base_seed", "target", "data_per_run", "engine", "optimizer_impl"]
+             "base_seed", "target", "data_per_run", "engine", "optimizer_impl", "seed_design"]
     return {name: getattr(args, name) for name in names}
 
 
@@ -159,9 +198,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from xorbench.runner import run_experiment
 
-    n_runs = len(experiment.cells) * experiment.seeds
-    print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {experiment.seeds} "
-          f"seeds = {n_runs} runs -> {out}", file=sys.stderr)
+    n_runs = len(experiment.cells) * experiment.runs_per_cell
+    k = experiment.seeds
+    seeds = f"{k} init x {k} order seeds" if experiment.seed_design == "factorial" else (
+        f"{k} seeds")
+    print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {seeds} "
+          f"= {n_runs} runs -> {out}", file=sys.stderr)
     bar, on_cell_done = _progress(n_runs, args.quiet)
     start = time.perf_counter()
     with bar:
@@ -173,7 +215,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from xorbench.report import write_report
 
-        path = write_report(out, args.report_dir or Path("reports") / experiment.name)
+        path = write_report(out, args.report_dir or Path("reports") / experiment.name,
+                            stats_options=_stats_options(args))
         print(f"xorbench: report in {path}")
     return 0
 
@@ -190,7 +233,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ResultsDirError(f"--parity must be a directory; received {args.parity}")
     name = read_manifest(path).get("experiment", {}).get("name", path.name)
     report = write_report(path, args.out or Path("reports") / name, bench=args.bench,
-                          parity=args.parity)
+                          parity=args.parity, stats_options=_stats_options(args))
     print(f"xorbench: report in {report}")
     return 0
 

@@ -19,6 +19,7 @@ from xorbench.adapters.base import ENGINES, FRAMEWORKS, OPTIMIZER_IMPLS
 from xorbench.data import N_TRAIN
 from xorbench.model import DEFAULT_HIDDEN
 from xorbench.optimizers import OPTIMIZERS, OptimizerSpec
+from xorbench.seeds import SEED_DESIGNS
 
 
 class ConfigError(ValueError):
@@ -57,14 +58,13 @@ class Cell:
 AXES: tuple[str, ...] = ("framework", "optimizer", "batch_size", "lr", "hidden", "epochs")
 
 
-# Not yet built: a factorial seed design (k init seeds x k order seeds on chosen cells).
-# xorbench.stats.variance_split already splits the variance once runs carry `init_index` and
-# `order_index` columns; this note goes when `run --seed-design factorial` writes them.
-
-
 @dataclass(frozen=True)
 class Experiment:
-    """A whole run: the cells, how many seeds each, and everything else that shapes the numbers."""
+    """A whole run: the cells, how many seeds each, and everything else that shapes the numbers.
+
+    With ``seed_design`` "factorial", ``seeds`` is k: each cell runs k init seeds x k order
+    seeds, k squared runs (see :mod:`xorbench.seeds`).
+    """
 
     name: str
     cells: tuple[Cell, ...]
@@ -75,6 +75,11 @@ class Experiment:
     engine: str = "batched"
     n_train: int = N_TRAIN
     optimizer_impl: str = "native"
+    seed_design: str = "independent"
+
+    @property
+    def runs_per_cell(self) -> int:
+        return self.seeds**2 if self.seed_design == "factorial" else self.seeds
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description, used in the manifest and to recognise the same config.
@@ -108,6 +113,7 @@ class Axes:
     data_per_run: bool = False
     engine: str = "batched"
     optimizer_impl: str = "native"
+    seed_design: str = "independent"
     # Explicit (optimizer, batch_size) pairs; when set they replace the optimizer x batch product.
     pairs: tuple[tuple[str, int], ...] | None = field(default=None)
 
@@ -162,6 +168,7 @@ def expand(name: str, axes: Axes) -> Experiment:
         data_per_run=axes.data_per_run,
         engine=axes.engine,
         optimizer_impl=axes.optimizer_impl,
+        seed_design=axes.seed_design,
     )
 
 
@@ -187,6 +194,7 @@ def validate(axes: Axes) -> None:
     _allowed("optimizer", OPTIMIZERS, axes.optimizer)
     _allowed("engine", ENGINES, [axes.engine])
     _allowed("optimizer_impl", OPTIMIZER_IMPLS, [axes.optimizer_impl])
+    _allowed("seed_design", SEED_DESIGNS, [axes.seed_design])
     batch_sizes = list(axes.batch_size) + [b for _, b in axes.pairs or ()]
     _allowed("optimizer", OPTIMIZERS, [o for o, _ in axes.pairs or ()])
     for option, values in [
@@ -271,6 +279,7 @@ TOML_KEYS: dict[str, str] = {
     "data_per_run": "draw the data per run",
     "engine": "training engine",
     "optimizer_impl": "Keras rmsprop/adam: native (Keras's formulas) or aligned (torch's)",
+    "seed_design": "independent, or factorial (seeds x seeds runs per cell)",
 }
 
 

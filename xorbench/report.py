@@ -21,7 +21,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -34,10 +34,11 @@ from xorbench import results, stats, stats_plots
 from xorbench.adapters.base import FRAMEWORKS
 from xorbench.bench import find_bench_files, load_benchmarks, speed_markdown
 from xorbench.data import N_TRAIN, make_xor
+from xorbench.grid import Cell
 from xorbench.optimizers import OPTIMIZERS
 from xorbench.parity import parity_markdown, read_parity
 from xorbench.regions import WeightsClassifier, plot_regions
-from xorbench.results import CELL_KEYS
+from xorbench.results import CELL_KEYS, ResultsDirError
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
@@ -91,12 +92,17 @@ FIGURE_NAMES: frozenset[str] = frozenset(
 
 @dataclass(frozen=True)
 class Results:
-    """The tables of one results directory; history and weights are None when absent."""
+    """The tables of one results directory; history and weights are None when absent.
+
+    ``missing_cells`` lists the experiment's cells without results when the run has not
+    finished (it was interrupted, or is still running); the tables hold the finished cells.
+    """
 
     manifest: dict[str, Any]
     runs: pd.DataFrame
     history: pd.DataFrame | None
     weights: pd.DataFrame | None
+    missing_cells: tuple[str, ...] = ()
 
     @property
     def experiment(self) -> dict[str, Any]:
@@ -136,21 +142,25 @@ def _read_optional(path: Path, what: str) -> pd.DataFrame | None:
 
 
 def load_results(results_dir: Path) -> Results:
-    """Read a results directory written by the runner.
+    """Read a results directory written by the runner, finished or not.
+
+    A directory whose run has not finished (no end time in its manifest) is read from its
+    finished cells' parts, and the cells still missing are named; nothing in it is changed.
 
     Raises
     ------
-    FileNotFoundError
-        When ``results_dir`` has no manifest or no runs table.
+    ResultsDirError
+        When ``results_dir`` has no manifest, or no cell has finished yet.
     ValueError
         When a table lacks a column the report needs.
     """
     if not results.is_results_dir(results_dir):
-        raise FileNotFoundError(
+        raise ResultsDirError(
             f"{results_dir} is not an xorbench results directory: it has no {results.MANIFEST}"
         )
-    if not (results_dir / results.RUNS).is_file():
-        raise FileNotFoundError(f"{results_dir} has no {results.RUNS}: no run has finished yet")
+    manifest = results.read_manifest(results_dir)
+    if manifest.get("finished") is None or not (results_dir / results.RUNS).is_file():
+        return _load_partial(results_dir, manifest)
     runs = results.read_runs(results_dir)
     _check_columns(runs, RUN_NEEDS, results.RUNS)
     if runs.empty:
@@ -159,7 +169,27 @@ def load_results(results_dir: Path) -> Results:
     if history is not None:
         _check_columns(history, HISTORY_NEEDS, results.HISTORY)
     weights = _read_optional(results_dir / results.WEIGHTS, "the decision regions")
-    return Results(results.read_manifest(results_dir), runs, history, weights)
+    return Results(manifest, runs, history, weights)
+
+
+def _load_partial(results_dir: Path, manifest: dict[str, Any]) -> Results:
+    """The finished cells of a run that has not finished, in grid order, and the missing ones."""
+    planned = [Cell(**{**cell, "hidden": tuple(cell["hidden"])}).key
+               for cell in (manifest.get("experiment") or {}).get("cells", [])]
+    readable = results.readable_cells(results_dir)
+    finished = [key for key in planned if key in readable]
+    if not finished:
+        raise ResultsDirError(
+            f"{results_dir} has no finished cell yet ({len(planned)} planned): nothing to "
+            "report; run `xorbench run` with the same config to train them"
+        )
+    runs, history, weights = results.read_parts(results_dir, finished)
+    _check_columns(runs, RUN_NEEDS, results.RUNS)
+    _check_columns(history, HISTORY_NEEDS, results.HISTORY)
+    missing = tuple(key for key in planned if key not in readable)
+    logger.warning("%s is not finished: reporting %d of %d cells", results_dir, len(finished),
+                   len(planned))
+    return Results(manifest, runs, history, weights, missing_cells=missing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -920,7 +950,20 @@ full-batch gradient descent, batch 1 is plain SGD. A run *reached the target* wh
 validation accuracy was ≥ {res.target:g} at some epoch. Spreads are quartiles over seeds (never
 a standard error, never a bootstrap), and every figure caption states its band. Nothing is
 dropped: runs that never reach the target, diverge or fail stay in every count, and the
-final-accuracy figure shows every seed."""
+final-accuracy figure shows every seed.{_missing_markdown(res)}"""
+
+
+def _missing_markdown(res: Results) -> str:
+    """A warning that the run has not finished, naming the cells that have no results yet."""
+    if not res.missing_cells:
+        return ""
+    done = res.runs["cell"].nunique()
+    planned = done + len(res.missing_cells)
+    return (f"\n\n**Partial results.** Only {done} of the experiment's {planned} cells have "
+            "finished: the run was interrupted or is still running. Every table and figure "
+            "below covers the finished cells only. Running the same `xorbench run` command "
+            "again trains the missing ones and keeps the finished ones. Missing: "
+            + ", ".join(f"`{key}`" for key in res.missing_cells) + ".")
 
 
 def summary_markdown(res: Results) -> str:
@@ -1119,7 +1162,8 @@ def _remove_stale_figures(figures_dir: Path, drawn: set[str]) -> None:
 
 def write_report(
     results_dir: Path, out_dir: Path, *, title: str | None = None,
-    bench: Sequence[Path] | None = None, parity: Path | None = None,
+    bench: Sequence[Path] | None = None, stats_options: Mapping[str, Any] | None = None,
+    parity: Path | None = None,
 ) -> Path:
     """Write ``out_dir/report.md`` and its figures from the results in ``results_dir``.
 
@@ -1137,6 +1181,9 @@ def write_report(
     bench
         pytest-benchmark JSON files for the "Speed" section; when None, the directory's own
         ``bench*.json`` files, if any (see :mod:`xorbench.bench`).
+    stats_options
+        Options of :func:`xorbench.stats.compute_tables`, such as ``margin_rate`` and
+        ``margin_loss``, the equivalence margins of Lightning against Keras.
     parity
         A directory written by ``xorbench parity --out`` for the "Framework parity" section;
         when None, ``results_dir/parity`` if it exists (see :mod:`xorbench.parity`).
@@ -1159,7 +1206,9 @@ def write_report(
         curves = _curve_entries(res, figures_dir)
         accuracy = _accuracy_entry(res, figures_dir)
         regions, regions_text = _regions_entry(res, figures_dir)
-        tables = stats.tables_from_dir(Path(results_dir))
+        tables = stats.compute_tables(res.runs, res.weights,
+                                      stats.training_inputs(res.runs, res.n_train),
+                                      **(stats_options or {}))
         stats_figures = stats_plots.write_stats_figures(tables, figures_dir)
     drawn = {entry.name for entry in [*curves, accuracy, *([regions] if regions else [])]}
     _remove_stale_figures(figures_dir, drawn | {f.name for f in stats_figures})

@@ -42,6 +42,8 @@ RUN_COLUMNS: list[str] = [
     "cell",
     *CELL_KEYS,
     "seed",
+    "init_index",
+    "order_index",
     "init_seed",
     "order_seed",
     "data_seed",
@@ -230,22 +232,52 @@ def write_part(
     write_atomic(runs, paths["runs"])
 
 
-def finished_cells(path: Path) -> set[str]:
-    """Keys of the cells whose parts are complete and readable."""
-    done = set()
-    for runs_path in sorted((path / PARTS).glob("*.runs.parquet")):
-        key = runs_path.name.removesuffix(".runs.parquet")
-        paths = _part_paths(path / PARTS, key)
+def _written_cells(path: Path) -> list[str]:
+    """The cells whose runs part exists: it is written last, so the cell claims to be done."""
+    return [p.name.removesuffix(".runs.parquet")
+            for p in sorted((path / PARTS).glob("*.runs.parquet"))]
+
+
+def _unreadable_parts(path: Path) -> dict[str, Exception]:
+    """The written cells whose parts cannot be read."""
+    broken = {}
+    for key in _written_cells(path):
         try:
-            for part in paths.values():
+            for part in _part_paths(path / PARTS, key).values():
                 pd.read_parquet(part, columns=["run_id"])
-        except Exception as exc:  # a torn or corrupt part is rerun, never read
-            logger.warning("part of cell %s is unreadable (%s); it will be rerun", key, exc)
-            for part in paths.values():
-                part.unlink(missing_ok=True)
-            continue
-        done.add(key)
-    return done
+        except Exception as exc:  # torn, truncated or not parquet at all
+            broken[key] = exc
+    return broken
+
+
+def readable_cells(path: Path) -> set[str]:
+    """Keys of the cells whose parts are complete and readable; reads, never changes anything."""
+    return set(_written_cells(path)) - set(_unreadable_parts(path))
+
+
+def finished_cells(path: Path) -> set[str]:
+    """Keys of the cells whose parts are complete and readable; unreadable parts are deleted."""
+    for key, exc in _unreadable_parts(path).items():  # a torn part is rerun, never read
+        logger.warning("part of cell %s is unreadable (%s); it will be rerun", key, exc)
+        for part in _part_paths(path / PARTS, key).values():
+            part.unlink(missing_ok=True)
+    return set(_written_cells(path))
+
+
+def read_parts(
+    path: Path, cell_keys: Iterable[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The runs, history and weights of the given finished cells, read in memory.
+
+    For a directory whose run has not finished (interrupted, or still running): nothing in it
+    is written, so this is safe beside the run that holds the lock.
+    """
+    parts = [_part_paths(path / PARTS, key) for key in cell_keys]
+    tables = [
+        pd.concat([pd.read_parquet(p[table]) for p in parts], ignore_index=True)
+        for table in ("runs", "history", "weights")
+    ]
+    return tables[0], tables[1], tables[2]
 
 
 def merge_parts(path: Path, cell_keys: list[str]) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from xorbench.adapters.base import HISTORY_METRICS, TrainOutput, load_adapter
 from xorbench.data import Dataset, batch_orders, make_xor, steps_per_epoch
 from xorbench.grid import Cell, Experiment
 from xorbench.model import Weights, evaluate, flatten, glorot_uniform
-from xorbench.seeds import RunSeeds, data_seed, derive_seeds
+from xorbench.seeds import RunSeeds, data_seed, design_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,8 @@ def cell_frames(
                 "cell": cell.key,
                 **keys,
                 "seed": run.seed,
+                "init_index": run.init_index,
+                "order_index": run.order_index,
                 "init_seed": run.init_seed,
                 "order_seed": run.order_seed,
                 "data_seed": run_data_seed,
@@ -276,16 +278,16 @@ def _run_locked(
         logger.info("resuming: %d of %d cells already finished", len(done & {
             c.key for c in experiment.cells}), len(experiment.cells))
 
-    seeds = tuple(derive_seeds(experiment.base_seed, experiment.seeds))
+    seeds = tuple(design_seeds(experiment.base_seed, experiment.seeds, experiment.seed_design))
     tasks = [
         CellTask(cell, seeds, experiment.base_seed, experiment.data_per_run, experiment.target,
                  out_dir / results.PARTS, experiment.engine)
-        for cell in sorted(todo, key=lambda c: -estimated_cost(c, experiment.seeds))
+        for cell in sorted(todo, key=lambda c: -estimated_cost(c, len(seeds)))
     ]
     costs: dict[str, float] = {}
     for task in tasks:
         fw = task.cell.framework
-        costs[fw] = costs.get(fw, 0.0) + estimated_cost(task.cell, experiment.seeds)
+        costs[fw] = costs.get(fw, 0.0) + estimated_cost(task.cell, len(seeds))
     shares = split_workers(workers, costs)
     concurrent = sum(shares.values()) <= workers
     logger.info("%d cells to train; worker processes per framework: %s", len(tasks), shares)
@@ -386,8 +388,6 @@ def _run_pools(
         for pool in pools:
             pool.executor.shutdown(wait=True, cancel_futures=True)
 
-    # Not yet shown by a test that kills a real worker (SIGKILL or a segfault mid-cell); this
-    # note goes when the reliability tests do that and check the grid's other cells survive.
     if suspects:
         logger.warning("a worker process died; retrying its %d cells one at a time",
                        len(suspects))

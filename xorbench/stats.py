@@ -1485,6 +1485,14 @@ def _factorial_table(cell: pd.DataFrame, values: pd.Series) -> tuple[np.ndarray 
     return table.to_numpy(), ""
 
 
+def is_factorial(runs: pd.DataFrame) -> bool:
+    """Whether ``runs`` crosses init seeds with order seeds (the independent design pairs them)."""
+    if not {"init_index", "order_index"} <= set(runs.columns) or runs.empty:
+        return False
+    orders_per_init = runs.groupby([*CELL_KEYS, "init_index"])["order_index"].nunique()
+    return bool((orders_per_init > 1).any())
+
+
 def variance_split(
     runs: pd.DataFrame, outcomes: Sequence[str] = tuple(VARIANCE_OUTCOMES)
 ) -> pd.DataFrame:
@@ -1569,12 +1577,12 @@ def compute_tables(
 ) -> StatsTables:
     """Summary, reached curve, comparisons and (for a factorial design) the variance split.
 
-    The variance split is computed when ``runs`` has the factorial design's columns
-    ``init_index`` and ``order_index``; the options are those of the functions called.
+    The variance split is computed when ``runs`` crosses init and order seeds (a factorial
+    design: some ``init_index`` is run with more than one ``order_index``); the options are
+    those of the functions called.
     """
     boot: dict[str, Any] = {"n_boot": n_boot, "random_state": random_state}
     tests: dict[str, Any] = {"alpha": alpha, "min_seeds": min_seeds}
-    factorial = {"init_index", "order_index"} <= set(runs.columns)
     return StatsTables(
         summary=cell_summary(runs, weights, x_train, **boot),
         reached_curve=reached_by_epoch(runs),
@@ -1583,7 +1591,7 @@ def compute_tables(
         frameworks=compare_frameworks(runs, margin_rate=margin_rate, margin_loss=margin_loss,
                                       **tests, **boot),
         trend=batch_size_trend(runs, **tests),
-        variance=variance_split(runs) if factorial else None,
+        variance=variance_split(runs) if is_factorial(runs) else None,
         settings={**tests, **boot, "margin_rate": margin_rate, "margin_loss": margin_loss,
                   "margin_prob": margin_prob, "margin_epochs": margin_epochs,
                   "stuck_tolerance": STUCK_TOLERANCE},
@@ -1605,9 +1613,13 @@ def load_inputs(
         return runs, None, None
     experiment = results.read_manifest(path).get("experiment") or {}
     n_train = int(experiment.get("n_train", N_TRAIN))
-    inputs = {int(seed): make_xor(int(seed), n_train=n_train).x_train
-              for seed in runs["data_seed"].dropna().unique()}
-    return runs, results.read_weights(path), inputs
+    return runs, results.read_weights(path), training_inputs(runs, n_train)
+
+
+def training_inputs(runs: pd.DataFrame, n_train: int = N_TRAIN) -> dict[int, np.ndarray]:
+    """The training inputs of every data seed in ``runs``, drawn again as the runner drew them."""
+    return {int(seed): make_xor(int(seed), n_train=n_train).x_train
+            for seed in runs["data_seed"].dropna().unique()}
 
 
 def tables_from_dir(results_dir: Path, **options: Any) -> StatsTables:

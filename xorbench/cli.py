@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from xorbench.adapters.base import ENGINES
+from xorbench.adapters.base import DTYPES, ENGINES, OPTIMIZER_IMPLS
 from xorbench.bench import BenchFileError
 from xorbench.cluster import ClusterError, parse_scheduler
 from xorbench.grid import PRESETS, Cell, ConfigError, build_experiment, parse_list
@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=ENGINES,
                      help="batched (default): all seeds of a cell in one model; per-run: one run "
                      "at a time")
+    run.add_argument("--optimizer-impl", choices=OPTIMIZER_IMPLS,
+                     help="Keras rmsprop/adam: native (default, Keras's own formulas) or aligned "
+                     "(torch's formulas)")
     run.add_argument("--workers", type=_positive_int("--workers"),
                      help="worker processes (default: the number of cores)")
     run.add_argument("--scheduler", type=_scheduler, metavar="tcp://HOST:PORT",
@@ -148,13 +151,37 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--bench", type=Path, nargs="+", metavar="FILE",
                         help="pytest-benchmark JSON files for the Speed section, e.g. "
                         "bench-torch.json bench-keras.json (default: RESULTS/bench*.json)")
+    report.add_argument("--parity", type=Path, metavar="DIR",
+                        help="a directory written by `xorbench parity --out` for the Framework "
+                        "parity section (default: RESULTS/parity, if present)")
+    _add_parity(commands)
     _add_margins(report)
     return parser
 
 
+def _add_parity(commands: Any) -> None:
+    parity = commands.add_parser(
+        "parity", help="train Lightning and Keras from the same start; compare epoch by epoch")
+    parity.add_argument("--optimizer", type=_list(str, "--optimizer"),
+                        help="sgd,asgd,rmsprop,adam (default: all)")
+    parity.add_argument("--batch-size", type=_list(int, "--batch-size"),
+                        help="default: 1,32,150")
+    parity.add_argument("--epochs", type=_positive_int("--epochs"),
+                        help="epochs per run (default: 10 in float32, 20 in float64)")
+    parity.add_argument("--dtype", type=_list(str, "--dtype"), default=("float32",),
+                        help="float32 (default), float64 or float32,float64")
+    parity.add_argument("--optimizer-impl", choices=[*OPTIMIZER_IMPLS, "both"], default="both",
+                        help="Keras optimizers to compare: native, aligned or both (default)")
+    parity.add_argument("--tolerance", type=float,
+                        help="largest difference that counts as agreement (default: 1e-5 in "
+                        "float32, 1e-9 in float64)")
+    parity.add_argument("--lr", type=float, default=0.05, help="learning rate (default: 0.05)")
+    parity.add_argument("--out", type=Path, help="write parquet tables and Markdown here")
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["name", "framework", "optimizer", "batch_size", "lr", "hidden", "epochs", "seeds",
-             "base_seed", "target", "data_per_run", "engine", "seed_design"]
+             "base_seed", "target", "data_per_run", "engine", "optimizer_impl", "seed_design"]
     return {name: getattr(args, name) for name in names}
 
 
@@ -238,16 +265,63 @@ def cmd_report(args: argparse.Namespace) -> int:
     from xorbench.report import write_report
     from xorbench.results import read_manifest
 
+    if args.parity is not None and not args.parity.is_dir():
+        raise ResultsDirError(f"--parity must be a directory; received {args.parity}")
     name = read_manifest(path).get("experiment", {}).get("name", path.name)
     out = args.out or Path("reports") / name
     _check_report_dir(out, "--out")
-    report = write_report(path, out, bench=args.bench, stats_options=_stats_options(args))
+    report = write_report(path, out, bench=args.bench, parity=args.parity,
+                          stats_options=_stats_options(args))
     print(f"xorbench: report in {report}")
     return 0
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
+
+
+def _parity_configs(args: argparse.Namespace) -> list[Any]:
+    """One ParityConfig per float type, or ConfigError naming the bad setting."""
+    from xorbench.parity import DEFAULT_EPOCHS_BY_DTYPE, ParityConfig, check_config
+
+    impls = OPTIMIZER_IMPLS if args.optimizer_impl == "both" else (args.optimizer_impl,)
+    configs = []
+    for dtype in dict.fromkeys(args.dtype):
+        epochs = args.epochs or DEFAULT_EPOCHS_BY_DTYPE.get(dtype, 1)
+        settings: dict[str, Any] = {"epochs": epochs, "dtype": dtype, "impls": impls,
+                                    "tolerance": args.tolerance, "lr": args.lr}
+        if args.optimizer:
+            settings["optimizers"] = args.optimizer
+        if args.batch_size:
+            settings["batch_sizes"] = args.batch_size
+        config = ParityConfig(**settings)
+        try:
+            check_config(config)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        configs.append(config)
+    return configs
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    if args.dtype and any(d not in DTYPES for d in args.dtype):
+        bad = next(d for d in args.dtype if d not in DTYPES)
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}; received {bad!r}")
+    configs = _parity_configs(args)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out must be a directory; {args.out} is a file")
+
+    from xorbench.parity import parity_markdown, run_parity, write_parity
+
+    for config in configs:
+        start = time.perf_counter()
+        result = run_parity(config)
+        print(parity_markdown(result.summary, result.differences))
+        print(f"\nxorbench parity: {len(result.summary)} comparisons in "
+              f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+        if args.out is not None:
+            print(f"xorbench parity: tables in {write_parity(result, args.out)}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    command = {"run": cmd_run, "report": cmd_report}[args.command]
+    command = {"run": cmd_run, "report": cmd_report, "parity": cmd_parity}[args.command]
     # A service manager or `timeout` stops with SIGTERM: stop as on Ctrl-C, keeping every
     # finished cell, instead of dying mid-write.
     signal.signal(signal.SIGTERM, _interrupt)

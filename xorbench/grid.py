@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from xorbench.adapters.base import ENGINES, FRAMEWORKS
+from xorbench.adapters.base import ENGINES, FRAMEWORKS, OPTIMIZER_IMPLS
 from xorbench.data import N_TRAIN
 from xorbench.model import DEFAULT_HIDDEN
 from xorbench.optimizers import OPTIMIZERS, OptimizerSpec
@@ -37,6 +37,8 @@ class Cell:
     lr: float
     epochs: int
     hidden: tuple[int, ...] = DEFAULT_HIDDEN
+    # "native" or "aligned": which Keras classes implement rmsprop and adam (adapters/base.py).
+    optimizer_impl: str = "native"
 
     @property
     def optimizer_spec(self) -> OptimizerSpec:
@@ -49,6 +51,7 @@ class Cell:
         return (
             f"{self.framework}-{self.optimizer}-b{self.batch_size}-lr{self.lr:g}"
             f"-h{hidden}-e{self.epochs}"
+            + ("" if self.optimizer_impl == "native" else f"-{self.optimizer_impl}")
         )
 
 
@@ -72,6 +75,7 @@ class Experiment:
     data_per_run: bool = False
     engine: str = "batched"
     n_train: int = N_TRAIN
+    optimizer_impl: str = "native"
     seed_design: str = "independent"
 
     @property
@@ -79,9 +83,18 @@ class Experiment:
         return self.seeds**2 if self.seed_design == "factorial" else self.seeds
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready description, used in the manifest and to recognise the same config."""
+        """A JSON-ready description, used in the manifest and to recognise the same config.
+
+        ``optimizer_impl`` is written only when it is not "native", so that results directories
+        written before the setting existed still resume; any other value is in the manifest, and
+        a rerun with a different value is refused.
+        """
         out = asdict(self)
         out["cells"] = [asdict(c) | {"hidden": list(c.hidden)} for c in self.cells]
+        if self.optimizer_impl == "native":
+            del out["optimizer_impl"]
+            for cell in out["cells"]:
+                del cell["optimizer_impl"]
         return out
 
 
@@ -100,6 +113,7 @@ class Axes:
     target: float = 0.9
     data_per_run: bool = False
     engine: str = "batched"
+    optimizer_impl: str = "native"
     seed_design: str = "independent"
     # Explicit (optimizer, batch_size) pairs; when set they replace the optimizer x batch product.
     pairs: tuple[tuple[str, int], ...] | None = field(default=None)
@@ -141,7 +155,7 @@ def expand(name: str, axes: Axes) -> Experiment:
     else:
         opt_batch = list(itertools.product(axes.optimizer, axes.batch_size))
     cells = tuple(
-        Cell(fw, opt, int(batch), float(lr), int(epochs), tuple(hidden))
+        Cell(fw, opt, int(batch), float(lr), int(epochs), tuple(hidden), axes.optimizer_impl)
         for fw, (opt, batch), lr, hidden, epochs in itertools.product(
             axes.framework, opt_batch, axes.lr, axes.hidden, axes.epochs
         )
@@ -161,6 +175,7 @@ def expand(name: str, axes: Axes) -> Experiment:
         target=axes.target,
         data_per_run=axes.data_per_run,
         engine=axes.engine,
+        optimizer_impl=axes.optimizer_impl,
         seed_design=axes.seed_design,
     )
 
@@ -186,6 +201,7 @@ def validate(axes: Axes) -> None:
     _allowed("framework", FRAMEWORKS, axes.framework)
     _allowed("optimizer", OPTIMIZERS, axes.optimizer)
     _allowed("engine", ENGINES, [axes.engine])
+    _allowed("optimizer_impl", OPTIMIZER_IMPLS, [axes.optimizer_impl])
     _allowed("seed_design", SEED_DESIGNS, [axes.seed_design])
     batch_sizes = list(axes.batch_size) + [b for _, b in axes.pairs or ()]
     _allowed("optimizer", OPTIMIZERS, [o for o, _ in axes.pairs or ()])
@@ -274,6 +290,7 @@ TOML_KEYS: dict[str, str] = {
     "target": "the validation accuracy that counts as reached",
     "data_per_run": "draw the data per run",
     "engine": "training engine",
+    "optimizer_impl": "Keras rmsprop/adam: native (Keras's formulas) or aligned (torch's)",
     "seed_design": "independent, or factorial (seeds x seeds runs per cell)",
 }
 

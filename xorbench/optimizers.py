@@ -6,8 +6,9 @@ on a library default: they build their optimizer objects from :func:`torch_kwarg
 
 The values are torch's defaults, so that the notebook's PyTorch half reproduces. With them the
 Keras optimizers still differ in formula, not in value: RMSprop and Adam place epsilon differently
-(see the framework-differences notes in the README), and Keras has no ASGD, so xorbench ships a
-port of torch's algorithm (``xorbench.adapters.keras_asgd``).
+(``xorbench parity`` shows the framework-differences table, read from the live objects; the
+"aligned" optimizer_impl uses Keras ports of torch's formulas), and Keras has no ASGD, so
+xorbench ships a port of torch's algorithm (``xorbench.adapters.keras_asgd``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,46 @@ HYPERPARAMS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyTyp
 )
 
 OPTIMIZERS: tuple[str, ...] = tuple(HYPERPARAMS)
+
+# Where each argument of torch_kwargs and keras_kwargs sits in the live objects: name ->
+# (key in torch's optimizer.defaults, key in Keras's get_config()), None where the library has no
+# such setting. "betas[1]" is an item of torch's betas. The parity check reads hyperparameters
+# back through this map; tests check that it covers both kwargs functions.
+_Names = MappingProxyType[str, tuple[str, str | None]]
+PARAM_NAMES: MappingProxyType[str, _Names] = MappingProxyType(
+    {
+        "sgd": MappingProxyType({
+            "lr": ("lr", "learning_rate"),
+            "momentum": ("momentum", "momentum"),
+            "nesterov": ("nesterov", "nesterov"),
+            "dampening": ("dampening", None),
+            "weight_decay": ("weight_decay", None),
+        }),
+        "asgd": MappingProxyType({
+            "lr": ("lr", "learning_rate"),
+            "lambd": ("lambd", "lambd"),
+            "alpha": ("alpha", "alpha"),
+            "t0": ("t0", "t0"),
+            "weight_decay": ("weight_decay", "weight_decay"),
+        }),
+        "rmsprop": MappingProxyType({
+            "lr": ("lr", "learning_rate"),
+            "rho": ("alpha", "rho"),
+            "eps": ("eps", "epsilon"),
+            "momentum": ("momentum", "momentum"),
+            "centered": ("centered", "centered"),
+            "weight_decay": ("weight_decay", None),
+        }),
+        "adam": MappingProxyType({
+            "lr": ("lr", "learning_rate"),
+            "beta_1": ("betas[0]", "beta_1"),
+            "beta_2": ("betas[1]", "beta_2"),
+            "eps": ("eps", "epsilon"),
+            "amsgrad": ("amsgrad", "amsgrad"),
+            "weight_decay": ("weight_decay", None),
+        }),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +150,8 @@ def keras_kwargs(spec: OptimizerSpec) -> dict[str, Any]:
             "lambd": float(h["lambd"]),
             "alpha": float(h["alpha"]),
             "t0": float(h["t0"]),
+            # xorbench's ASGD takes torch's L2 weight decay, so the value goes to both.
+            "weight_decay": float(h["weight_decay"]),
         }
     if spec.name == "rmsprop":
         return {

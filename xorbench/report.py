@@ -37,6 +37,7 @@ from xorbench.bench import find_bench_files, load_benchmarks, speed_markdown
 from xorbench.data import N_TRAIN, make_xor
 from xorbench.grid import Cell
 from xorbench.optimizers import OPTIMIZERS
+from xorbench.parity import parity_markdown, read_parity
 from xorbench.regions import WeightsClassifier, plot_regions
 from xorbench.results import CELL_KEYS, ResultsDirError
 
@@ -1183,6 +1184,7 @@ def _remove_stale_figures(figures_dir: Path, drawn: set[str]) -> None:
 def write_report(
     results_dir: Path, out_dir: Path, *, title: str | None = None,
     bench: Sequence[Path] | None = None, stats_options: Mapping[str, Any] | None = None,
+    parity: Path | None = None,
 ) -> Path:
     """Write ``out_dir/report.md`` and its figures from the results in ``results_dir``.
 
@@ -1203,6 +1205,9 @@ def write_report(
     stats_options
         Options of :func:`xorbench.stats.compute_tables`, such as ``margin_rate`` and
         ``margin_loss``, the equivalence margins of Lightning against Keras.
+    parity
+        A directory written by ``xorbench parity --out`` for the "Framework parity" section;
+        when None, ``results_dir/parity`` if it exists (see :mod:`xorbench.parity`).
 
     Returns
     -------
@@ -1212,6 +1217,7 @@ def write_report(
     res = load_results(Path(results_dir))
     # Read before any figure is drawn, so that a bad benchmark file stops the report at once.
     speed_text = speed_markdown_for(Path(results_dir), bench)
+    parity_text = parity_markdown_for(Path(results_dir), parity)
     out_dir = Path(out_dir)
     figures_dir = out_dir / FIGURES
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -1232,7 +1238,8 @@ def write_report(
     first = len(curves) + 2 + (1 if regions else 0)
     stats_figures = [replace(f, number=first + i) for i, f in enumerate(stats_figures)]
     stats_text = stats_plots.stats_markdown(tables, figures=stats_figures, n_train=res.n_train)
-    text = _assemble(res, title, curves, accuracy, regions, regions_text, stats_text, speed_text)
+    text = _assemble(res, title, curves, accuracy, regions, regions_text, stats_text, speed_text,
+                     parity_text)
     path = out_dir / REPORT
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -1243,7 +1250,7 @@ def write_report(
 
 def _assemble(res: Results, title: str, curves: list[FigureEntry], accuracy: FigureEntry,
               regions: FigureEntry | None, regions_text: str, stats_text: str,
-              speed_text: str = "") -> str:
+              speed_text: str = "", parity_text: str = "") -> str:
     """The whole Markdown document, figures numbered in order of appearance."""
     figures = [*curves, accuracy, *([regions] if regions else [])]
     number = {entry.name: i for i, entry in enumerate(figures, start=1)}
@@ -1262,6 +1269,7 @@ def _assemble(res: Results, title: str, curves: list[FigureEntry], accuracy: Fig
         f"## Decision regions\n\n{regions_part}",
         stats_text,
         *([speed_text] if speed_text else []),
+        *([parity_text] if parity_text else []),
         setup_markdown(res),
     ]
     return "\n\n".join(sections) + "\n"
@@ -1269,6 +1277,28 @@ def _assemble(res: Results, title: str, curves: list[FigureEntry], accuracy: Fig
 
 # ---------------------------------------------------------------------------------------------
 # Speed section (pytest-benchmark JSON, see xorbench.bench)
+
+
+def parity_markdown_for(results_dir: Path, directory: Path | None) -> str:
+    """The "Framework parity" section from ``directory`` (default ``results_dir/parity``).
+
+    "" when there is no parity table: the section is only written from measured results.
+    """
+    directory = directory if directory is not None else results_dir / "parity"
+    found = read_parity(directory) if directory.is_dir() else []
+    if not found:
+        return ""
+    intro = (
+        "Each row trains one run in Lightning and one in Keras from the same initial weights "
+        "and batch order (seed 0) and compares them after every epoch. `native` uses each "
+        "library's own optimizer with equal hyperparameters (what `xorbench run` uses by "
+        "default); `aligned` runs Keras optimizers that implement torch's formulas "
+        "(`xorbench run --optimizer-impl aligned`). The cause of a gap is read off the "
+        "framework-differences table below it. Regenerate with `xorbench parity --dtype "
+        f"float32,float64 --out {directory}`."
+    )
+    parts = [parity_markdown(summary, differences) for summary, differences in found]
+    return "\n\n".join(["## Framework parity", intro, *parts])
 
 
 def speed_markdown_for(results_dir: Path, files: Sequence[Path] | None) -> str:

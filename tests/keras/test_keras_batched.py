@@ -377,3 +377,12 @@ def test_a_hundred_seeds_cost_at_most_twice_one(kb: ModuleType, data: Dataset, b
     # The in-fit figure is asserted: it has no setup jitter, which other processes on a small
     # machine can make larger than 50 epochs of batch 32.
     assert timings[100][1] <= 2 * timings[1][1], timings
+
+
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
+def test_aligned_optimizers_train_the_same_seeds_batched(
+    kb: ModuleType, per_run: ModuleType, data: Dataset, optimizer: str
+) -> None:
+    # optimizer_impl reaches the batched engine too: torch's formulas, per seed.
+    cell = Cell("keras", optimizer, 32, 0.05, 5, optimizer_impl="aligned")
+    check_parity(kb, per_run, data, cell, 3)

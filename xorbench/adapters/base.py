@@ -42,6 +42,13 @@ HISTORY_METRICS: tuple[str, ...] = ("train_loss", "train_acc", "val_loss", "val_
 
 FRAMEWORKS: tuple[str, ...] = ("lightning", "keras")
 
+# How Keras builds RMSprop and Adam: its own classes ("native") or ports of torch's formulas
+# ("aligned", xorbench.adapters.keras_aligned). torch's optimizers are the same in both.
+OPTIMIZER_IMPLS: tuple[str, ...] = ("native", "aligned")
+
+# Float types a parity trace can train in; grid runs train in float32.
+DTYPES: tuple[str, ...] = ("float32", "float64")
+
 
 @dataclass
 class TrainOutput:
@@ -71,6 +78,30 @@ class TrainOutput:
     asgd_averaging: bool | None = None
     steps: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Trace:
+    """One run's trajectory, epoch by epoch, for the parity check (``xorbench.parity``).
+
+    Attributes
+    ----------
+    history
+        float64 array (epochs_trained, 4), as :attr:`TrainOutput.history`.
+    weights
+        float64 array (epochs_trained + 1, n_params): row 0 holds the weights as loaded into the
+        framework, row ``e`` the iterate after epoch ``e``; each row is
+        :func:`xorbench.model.flatten` of Keras-layout weights, in the run's float type.
+    asgd_averaging
+        As :attr:`TrainOutput.asgd_averaging`.
+    steps
+        Number of optimizer updates made.
+    """
+
+    history: np.ndarray
+    weights: np.ndarray
+    asgd_averaging: bool | None
+    steps: int
 
 
 def check_orders(orders: np.ndarray, expected: tuple[int, ...], n_train: int) -> None:

@@ -25,10 +25,12 @@ Importing this module starts TensorFlow; the runner imports it only inside a wor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 # TensorFlow reads these when its runtime starts, i.e. at import; setdefault lets a caller
@@ -44,11 +46,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from xorbench.adapters.base import HISTORY_METRICS, TrainOutput
+from xorbench.adapters.base import DTYPES, HISTORY_METRICS, OPTIMIZER_IMPLS, Trace, TrainOutput
+from xorbench.adapters.keras_aligned import ALIGNED
 from xorbench.adapters.keras_asgd import ASGD
 from xorbench.data import Dataset, batch_bounds
 from xorbench.grid import Cell
-from xorbench.model import Weights, evaluate
+from xorbench.model import Weights, evaluate, flatten
 from xorbench.optimizers import OptimizerSpec, asgd_averaging_active, keras_kwargs
 
 logger = logging.getLogger(__name__)
@@ -68,25 +71,76 @@ _OPTIMIZERS: dict[str, Any] = {
 }
 
 
-def keras_optimizer(spec: OptimizerSpec) -> keras.optimizers.Optimizer:
-    """The Keras optimizer of ``spec``, every hyperparameter taken from ``keras_kwargs``."""
-    return _OPTIMIZERS[spec.name](**keras_kwargs(spec))
+def keras_optimizer(spec: OptimizerSpec, impl: str = "native") -> keras.optimizers.Optimizer:
+    """The Keras optimizer of ``spec``, every hyperparameter taken from ``keras_kwargs``.
+
+    ``impl`` "aligned" builds torch's formulas for rmsprop and adam
+    (:mod:`xorbench.adapters.keras_aligned`); sgd and asgd are the same in both.
+    """
+    if impl not in OPTIMIZER_IMPLS:
+        raise ValueError(
+            f"optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}; received {impl!r}"
+        )
+    classes = _OPTIMIZERS | ALIGNED if impl == "aligned" else _OPTIMIZERS
+    return classes[spec.name](**keras_kwargs(spec))
 
 
-def build_model(hidden: tuple[int, ...]) -> keras.Model:
+def optimizer_settings(
+    spec: OptimizerSpec, impl: str = "native", dtype: str = "float32"
+) -> dict[str, Any]:
+    """What the Keras optimizer object for ``spec`` holds, read back from a live object.
+
+    Returns ``{"class": ..., "settings": optimizer.get_config(), "library_defaults": ...}``, the
+    last from the same class built without arguments; both built with ``dtype`` as Keras's
+    floatx, which is the type Keras keeps the learning rate in.
+    """
+    with floatx(dtype):
+        optimizer = keras_optimizer(spec, impl)
+        cls = type(optimizer)
+        defaults = cls().get_config()
+        settings = optimizer.get_config()
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "settings": settings,
+        "library_defaults": defaults,
+    }
+
+
+@contextlib.contextmanager
+def floatx(dtype: str) -> Iterator[None]:
+    """Make ``dtype`` Keras's default float type while a run is built and trained.
+
+    Keras gives layers, the learning-rate variable, the loss and the metrics the default type
+    when they are created, so a float64 run needs it from the model's construction on.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; received {dtype!r}")
+    previous = keras.config.floatx()
+    keras.config.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous)
+
+
+def build_model(hidden: tuple[int, ...], dtype: str = "float32") -> keras.Model:
     """The MLP 2 -> hidden... -> 1 as a ``Sequential`` of ``Dense`` layers, outputting a logit.
 
     Kernels start at zero: every run loads its own weights, so drawing Keras's random defaults
-    would only consume the global generator.
+    would only consume the global generator. ``dtype`` is the float type of inputs and weights.
     """
-    layers: list[Any] = [keras.Input(shape=(2,), dtype="float32")]
+    layers: list[Any] = [keras.Input(shape=(2,), dtype=dtype)]
     for i, width in enumerate(hidden):
         layers.append(
             keras.layers.Dense(
-                width, activation="relu", kernel_initializer="zeros", name=f"hidden_{i + 1}"
+                width,
+                activation="relu",
+                kernel_initializer="zeros",
+                name=f"hidden_{i + 1}",
+                dtype=dtype,
             )
         )
-    layers.append(keras.layers.Dense(1, kernel_initializer="zeros", name="logit"))
+    layers.append(keras.layers.Dense(1, kernel_initializer="zeros", name="logit", dtype=dtype))
     return keras.Sequential(layers, name="xor_mlp")
 
 
@@ -108,18 +162,19 @@ def compile_model(
 
 def set_weights(model: keras.Model, weights: Weights) -> None:
     """Load ``(kernel [in, out], bias)`` pairs, the Keras layout, into ``model``."""
-    flat = [np.asarray(a, dtype=np.float32) for pair in weights for a in pair]
+    dtype = model.weights[0].dtype
+    flat = [np.asarray(a, dtype=dtype) for pair in weights for a in pair]
     model.set_weights(flat)
 
 
-def weights_from(variables: list[Any]) -> Weights:
-    """``(kernel, bias)`` float32 numpy pairs from a flat list [kernel, bias, kernel, ...]."""
-    flat = [np.asarray(v.numpy(), dtype=np.float32) for v in variables]
+def weights_from(variables: list[Any], dtype: Any = np.float32) -> Weights:
+    """``(kernel, bias)`` numpy pairs of ``dtype`` from a flat list [kernel, bias, kernel, ...]."""
+    flat = [np.asarray(v.numpy(), dtype=dtype) for v in variables]
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
 def batch_pipeline(
-    data: Dataset, orders: np.ndarray, batch_size: int, epochs: int
+    data: Dataset, orders: np.ndarray, batch_size: int, epochs: int, dtype: str = "float32"
 ) -> tf.data.Dataset:
     """All batches of all epochs as one ``tf.data.Dataset``, in the order they are fed.
 
@@ -128,8 +183,8 @@ def batch_pipeline(
     The samples are gathered in numpy once (epochs x n_train x 3 floats, under 1 MB for 500
     epochs), which measured cheaper per batch than gathering inside the pipeline.
     """
-    x = np.asarray(data.x_train, dtype=np.float32)[orders[:epochs]]
-    y = np.asarray(data.y_train, dtype=np.float32)[orders[:epochs]][..., None]
+    x = np.asarray(data.x_train, dtype=dtype)[orders[:epochs]]
+    y = np.asarray(data.y_train, dtype=dtype)[orders[:epochs]][..., None]
     per_epoch = tf.data.Dataset.from_tensor_slices((x, y))
     batches = per_epoch.flat_map(
         lambda xe, ye: tf.data.Dataset.from_tensor_slices((xe, ye)).batch(batch_size)
@@ -172,11 +227,15 @@ class _EpochRecorder(keras.callbacks.Callback):
 
 
 class _EvaluationWeights:
-    """The weights to evaluate after a number of updates: ASGD's average once it averages."""
+    """The weights to evaluate after a number of updates: ASGD's average once it averages.
+
+    They come in the model's float type, so a float64 run also validates in float64.
+    """
 
     def __init__(self, model: keras.Model) -> None:
         optimizer = model.optimizer
         self._weights = list(model.weights)
+        self._dtype = np.dtype(self._weights[0].dtype)
         self._t0: float | None = None
         if isinstance(optimizer, ASGD):
             self._t0 = optimizer.t0
@@ -184,8 +243,8 @@ class _EvaluationWeights:
 
     def __call__(self, steps: int) -> Weights:
         if self._t0 is not None and asgd_averaging_active(steps, self._t0):
-            return weights_from(self._averages)
-        return weights_from(self._weights)
+            return weights_from(self._averages, self._dtype)
+        return weights_from(self._weights, self._dtype)
 
 
 def validate(weights: Weights, data: Dataset) -> tuple[float, float]:
@@ -204,13 +263,20 @@ def train(
     orders: np.ndarray,
     optimizer: keras.optimizers.Optimizer,
     val_every: int = 1,
+    dtype: str = "float32",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainOutput:
-    """:func:`fit` with a given optimizer object (tests use it for lr 0, which specs refuse)."""
+    """:func:`fit` with a given optimizer object (tests use it for lr 0, which specs refuse).
+
+    ``dtype`` is the float type of the whole run (it must also be Keras's ``floatx`` while the
+    optimizer is created and trained, see :func:`floatx`); ``callbacks`` run after the
+    adapter's own epoch recorder.
+    """
     _check_inputs(cell, data, orders, val_every)
     started = time.perf_counter()
     steps_per_epoch = len(batch_bounds(data.n_train, cell.batch_size))
 
-    model = build_model(tuple(cell.hidden))
+    model = build_model(tuple(cell.hidden), dtype)
     set_weights(model, initial)
     compile_model(model, optimizer, steps_per_epoch, JIT_COMPILE)
     # Built here, eagerly, rather than while Keras traces the first step: the callback reads
@@ -218,7 +284,7 @@ def train(
     optimizer.build(model.trainable_variables)
     weights = _EvaluationWeights(model)
     recorder = _EpochRecorder(data, weights, cell.epochs, val_every, steps_per_epoch)
-    batches = batch_pipeline(data, orders, cell.batch_size, cell.epochs)
+    batches = batch_pipeline(data, orders, cell.batch_size, cell.epochs, dtype)
 
     fit_started = time.perf_counter()
     model.fit(
@@ -227,7 +293,7 @@ def train(
         steps_per_epoch=steps_per_epoch,
         shuffle=False,
         verbose=0,
-        callbacks=[recorder],
+        callbacks=[recorder, *callbacks],
     )
     fit_s = time.perf_counter() - fit_started
 
@@ -238,7 +304,7 @@ def train(
     logger.debug("%s: %d epochs, %d steps in %.3f s", cell.key, len(history), steps, fit_s)
     return TrainOutput(
         history=history,
-        final_weights=weights(steps),
+        final_weights=[(k.astype(np.float32), b.astype(np.float32)) for k, b in weights(steps)],
         diverged=recorder.diverged,
         asgd_averaging=averaging,
         steps=steps,
@@ -270,7 +336,47 @@ def fit(
     TrainOutput
         One row per trained epoch; see :class:`xorbench.adapters.base.TrainOutput`.
     """
-    return train(cell, data, initial, orders, keras_optimizer(cell.optimizer_spec), val_every)
+    optimizer = keras_optimizer(cell.optimizer_spec, cell.optimizer_impl)
+    return train(cell, data, initial, orders, optimizer, val_every)
+
+
+class _WeightTrace(keras.callbacks.Callback):
+    """Flattened iterates of the model, in its float type, after every epoch."""
+
+    def __init__(self, rows: list[np.ndarray]) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._record()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._record()
+
+    def _record(self) -> None:
+        dtype = np.dtype(self.model.weights[0].dtype)
+        self.rows.append(flatten(weights_from(self.model.trainable_variables, dtype)))
+
+
+def trace(
+    cell: Cell, data: Dataset, initial: Weights, orders: np.ndarray, dtype: str = "float32"
+) -> Trace:
+    """Train ``cell`` as :func:`fit` does, in ``dtype``, keeping the weights of every epoch.
+
+    Row 0 of the weights is read back from the model when training begins, after ``initial``
+    was loaded, so a layout mistake on the way in shows in the parity table.
+    """
+    rows: list[np.ndarray] = []
+    with floatx(dtype):
+        optimizer = keras_optimizer(cell.optimizer_spec, cell.optimizer_impl)
+        recorder = _WeightTrace(rows)
+        out = train(cell, data, initial, orders, optimizer, dtype=dtype, callbacks=[recorder])
+    return Trace(
+        history=out.history,
+        weights=np.vstack(rows).astype(np.float64),
+        asgd_averaging=out.asgd_averaging,
+        steps=out.steps,
+    )
 
 
 def _check_inputs(cell: Cell, data: Dataset, orders: np.ndarray, val_every: int) -> None:

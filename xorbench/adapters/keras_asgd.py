@@ -103,8 +103,10 @@ class ASGD(keras.optimizers.Optimizer):
             return
         super().build(variables)
         initial_eta = keras.initializers.Constant(self._initial_eta)
-        self._eta = self.add_variable((), initializer=initial_eta, name="eta")
-        self._mu = self.add_variable((), initializer="ones", name="mu")
+        # float32 whatever Keras's floatx, as torch keeps them (its scalar dtype is float32
+        # unless torch's default dtype is float64, which Lightning sets only around forward).
+        self._eta = self.add_variable((), initializer=initial_eta, dtype="float32", name="eta")
+        self._mu = self.add_variable((), initializer="ones", dtype="float32", name="mu")
         self._averages = self.add_optimizer_variables(variables, "ax")
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:

@@ -364,7 +364,7 @@ def fit_batched(
 
     model = SeedBatchedMLP(seeds, cell.hidden, data)
     model.load_weights_per_seed(initials)
-    optimizer = keras_optimizer(cell.optimizer_spec)
+    optimizer = keras_optimizer(cell.optimizer_spec, cell.optimizer_impl)
     model.compile(optimizer=optimizer, steps_per_execution=steps_per_epoch, jit_compile=JIT_COMPILE)
     # Built now, after the weights are loaded: ASGD's averages start as a copy of them, and the
     # step needs the slot variables to freeze diverged seeds.

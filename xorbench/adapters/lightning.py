@@ -34,10 +34,10 @@ from torch.nn import functional
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from xorbench.adapters.base import HISTORY_METRICS, TrainOutput, check_orders
+from xorbench.adapters.base import DTYPES, HISTORY_METRICS, Trace, TrainOutput, check_orders
 from xorbench.data import Dataset, batch_bounds
 from xorbench.grid import Cell
-from xorbench.model import Weights, from_torch_layout, layer_sizes, to_torch_layout
+from xorbench.model import Weights, flatten, from_torch_layout, layer_sizes, to_torch_layout
 from xorbench.optimizers import OptimizerSpec, asgd_averaging_active, torch_kwargs
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,26 @@ def torch_optimizer(params: Iterable[Tensor], spec: OptimizerSpec) -> torch.opti
             f"optimizer must be one of {', '.join(_TORCH_OPTIMIZERS)}; received {spec.name!r}"
         )
     return _TORCH_OPTIMIZERS[spec.name](params, **torch_kwargs(spec))
+
+
+def optimizer_settings(
+    spec: OptimizerSpec, impl: str = "native", dtype: str = "float32"
+) -> dict[str, Any]:
+    """What torch's optimizer object for ``spec`` holds, read back from a live object.
+
+    Returns ``{"class": ..., "settings": optimizer.defaults, "library_defaults": ...}``, the
+    last from the same class built with only its parameters. ``impl`` and ``dtype`` change
+    nothing on the torch side (torch keeps hyperparameters as Python numbers); they are taken
+    so that both frameworks answer the same request.
+    """
+    param = nn.Parameter(torch.zeros(1))
+    optimizer = torch_optimizer([param], spec)
+    cls: Any = type(optimizer)
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "settings": dict(optimizer.defaults),
+        "library_defaults": dict(cls([nn.Parameter(torch.zeros(1))]).defaults),
+    }
 
 
 def build_network(hidden: Sequence[int]) -> nn.Sequential:
@@ -256,9 +276,9 @@ class XorModule(lightning.LightningModule):
                 layer.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
                 layer.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
 
-    def get_weights(self) -> Weights:
-        """The current weights in Keras layout, float32 copies."""
-        return _to_weights(list(self.parameters()))
+    def get_weights(self, dtype: Any = np.float32) -> Weights:
+        """The current weights in Keras layout, copies of type ``dtype``."""
+        return _to_weights(list(self.parameters()), dtype)
 
     def final_weights(self) -> Weights:
         """The weights to report: ASGD's averaged iterate when averaging was active."""
@@ -360,12 +380,12 @@ class XorModule(lightning.LightningModule):
         self._swapped_out = None
 
 
-def _to_weights(tensors: list[Tensor]) -> Weights:
-    """Keras-layout float32 copies of torch parameters given as weight, bias, weight, ..."""
+def _to_weights(tensors: list[Tensor], dtype: Any = np.float32) -> Weights:
+    """Keras-layout copies of torch parameters given as weight, bias, weight, ..."""
     pairs = [
         (
-            weight.detach().numpy().astype(np.float32, copy=True),
-            bias.detach().numpy().astype(np.float32, copy=True),
+            weight.detach().numpy().astype(dtype, copy=True),
+            bias.detach().numpy().astype(dtype, copy=True),
         )
         for weight, bias in zip(tensors[0::2], tensors[1::2], strict=True)
     ]
@@ -436,9 +456,23 @@ def _restore_determinism() -> Iterator[None]:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
 
-def make_trainer(epochs: int, val_every: int = 1) -> lightning.Trainer:
+# Lightning's precision setting per float type: "64-true" converts the module and every batch
+# to float64 (torch's optimizers then keep their state in the parameters' type).
+_PRECISION: dict[str, str] = {"float32": "32-true", "float64": "64-true"}
+
+
+def make_trainer(
+    epochs: int,
+    val_every: int = 1,
+    dtype: str = "float32",
+    callbacks: Sequence[lightning.Callback] = (),
+) -> lightning.Trainer:
     """A CPU Trainer with every extra off: progress bar, checkpoints, summary, logger, sanity."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; received {dtype!r}")
     return lightning.Trainer(
+        precision=_PRECISION[dtype],  # type: ignore[arg-type]
+        callbacks=list(callbacks),
         accelerator="cpu",
         devices=1,
         max_epochs=epochs,
@@ -477,6 +511,30 @@ def fit(
         History of shape (epochs_trained, 4), final float32 weights in Keras layout, whether the
         run diverged, whether ASGD averaged, and the number of updates.
     """
+    module = _train(cell, data, initial, orders, val_every)
+    return TrainOutput(
+        history=_history(module),
+        final_weights=module.final_weights(),
+        diverged=module.diverged,
+        asgd_averaging=module.averaging_active(),
+        steps=module.steps,
+    )
+
+
+def _history(module: XorModule) -> np.ndarray:
+    return np.array(module.rows, dtype=np.float64).reshape(-1, len(HISTORY_METRICS))
+
+
+def _train(
+    cell: Cell,
+    data: Dataset,
+    initial: Weights,
+    orders: np.ndarray,
+    val_every: int = 1,
+    dtype: str = "float32",
+    callbacks: Sequence[lightning.Callback] = (),
+) -> XorModule:
+    """Train one run with a Trainer in ``dtype`` and return the trained module."""
     orders = np.asarray(orders)
     _check_inputs(cell, data, orders, val_every)
 
@@ -492,16 +550,44 @@ def fit(
     val = _loader(_IndexedTensors(data.x_val, data.y_val), _WholeSetSampler(len(data.x_val)))
 
     with _quiet_lightning(), _restore_determinism():
-        trainer = make_trainer(cell.epochs, val_every)
+        trainer = make_trainer(cell.epochs, val_every, dtype, callbacks)
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
 
-    history = np.array(module.rows, dtype=np.float64).reshape(-1, len(HISTORY_METRICS))
     if module.diverged:
         log.info("%s diverged at epoch %d", cell.key, len(module.rows))
-    return TrainOutput(
-        history=history,
-        final_weights=module.final_weights(),
-        diverged=module.diverged,
+    return module
+
+
+class _WeightTrace(lightning.Callback):
+    """Flattened iterates, in the module's float type, at the start and after every epoch."""
+
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray] = []
+
+    def on_train_start(self, trainer: lightning.Trainer, pl_module: Any) -> None:
+        self._record(pl_module)
+
+    def on_train_epoch_end(self, trainer: lightning.Trainer, pl_module: Any) -> None:
+        self._record(pl_module)
+
+    def _record(self, module: XorModule) -> None:
+        dtype = next(module.parameters()).detach().numpy().dtype
+        self.rows.append(flatten(module.get_weights(dtype)))
+
+
+def trace(
+    cell: Cell, data: Dataset, initial: Weights, orders: np.ndarray, dtype: str = "float32"
+) -> Trace:
+    """Train ``cell`` as :func:`fit` does, in ``dtype``, keeping the weights of every epoch.
+
+    Row 0 of the weights is read back from the module when training starts (after Lightning
+    converted it to ``dtype``), so a layout mistake on the way in shows in the parity table.
+    """
+    recorder = _WeightTrace()
+    module = _train(cell, data, initial, orders, dtype=dtype, callbacks=[recorder])
+    return Trace(
+        history=_history(module),
+        weights=np.vstack(recorder.rows).astype(np.float64),
         asgd_averaging=module.averaging_active(),
         steps=module.steps,
     )

@@ -1,0 +1,263 @@
+"""Framework parity (issue 4): Lightning against Keras from the same start, epoch by epoch.
+
+The driver trains each framework in its own spawned worker, so these tests run in the torch
+process without importing TensorFlow here. The fast tier trains a few epochs at full batch; the
+agreement claims of the issue (float64 to 1e-9 for 20 epochs, float32 to 1e-5 for 10) are
+``slow``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xorbench import parity
+from xorbench.adapters.base import Trace
+from xorbench.cli import main
+from xorbench.optimizers import OPTIMIZERS
+from xorbench.parity import ParityConfig, run_parity
+
+
+def _trace(losses: list[float], weights: list[list[float]]) -> Trace:
+    history = np.zeros((len(losses), 4))
+    history[:, 0] = losses
+    history[:, 2] = losses
+    return Trace(history, np.asarray(weights, dtype=np.float64), None, len(losses))
+
+
+def test_compare_takes_the_largest_weight_difference_per_epoch() -> None:
+    torch_side = _trace([0.5, 0.4], [[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]])
+    keras_side = _trace([0.5, 0.41], [[1.0, 2.0], [1.0, 2.5], [0.0, 2.0]])
+
+    diffs = parity.compare(torch_side, keras_side)
+
+    np.testing.assert_allclose(diffs["weight_diff"], [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(diffs["loss_diff"], [0.0, 0.0, 0.01], atol=1e-15)
+    assert parity.first_epoch_past(diffs, 0.1) == 1
+    assert parity.first_epoch_past(diffs, 0.001) == 1
+    assert parity.first_epoch_past(diffs, 2.0) is None
+
+
+def test_a_run_that_stopped_early_is_past_any_tolerance() -> None:
+    # A diverged side has fewer epochs: the missing ones are NaN, which never counts as agreement.
+    full = _trace([0.5, 0.4], [[1.0], [1.0], [1.0]])
+    short = _trace([0.5], [[1.0], [1.0]])
+
+    diffs = parity.compare(full, short)
+
+    assert parity.first_epoch_past(diffs, 1.0) == 2
+
+
+def _settings(eps_keras: float, keras_class: str) -> dict[tuple[str, str], dict]:
+    torch_obj = {"class": "torch.optim.rmsprop.RMSprop",
+                 "settings": {"lr": 0.05, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0,
+                              "centered": False, "weight_decay": 0.0, "foreach": None},
+                 "library_defaults": {"lr": 0.01, "alpha": 0.99, "eps": 1e-8}}
+    keras_obj = {"class": keras_class,
+                 "settings": {"learning_rate": 0.05, "rho": 0.99, "epsilon": eps_keras,
+                              "momentum": 0.0, "centered": False, "name": "x"},
+                 "library_defaults": {"learning_rate": 0.001, "rho": 0.9, "epsilon": 1e-7}}
+    return {("lightning", "rmsprop"): torch_obj, ("keras", "rmsprop"): keras_obj}
+
+
+def test_causes_come_from_the_rows_that_differ() -> None:
+    aligned = parity.differences_table(
+        _settings(1e-8, "xorbench.adapters.keras_aligned.TorchRMSprop"), ["rmsprop"], "aligned")
+    native = parity.differences_table(
+        _settings(1e-7, "keras.src.optimizers.rmsprop.RMSprop"), ["rmsprop"], "native")
+
+    assert parity.causes(aligned, "float64") == {}
+    cause = parity.causes(native, "float64")["rmsprop"]
+    assert "formula: torch p -= lr * g / (sqrt(v) + eps) vs keras p -= lr * g / sqrt(v + eps)" in (
+        cause)
+    assert "eps: torch 1e-08 vs keras 1e-07" in cause
+    eps_row = native[native["hyperparameter"].str.startswith("eps ")].iloc[0]
+    assert (eps_row["torch default"], eps_row["keras default"]) == (1e-8, 1e-7)
+
+
+def test_lr_held_in_float32_counts_only_in_float64() -> None:
+    settings = _settings(1e-8, "xorbench.adapters.keras_aligned.TorchRMSprop")
+    settings["keras", "rmsprop"]["settings"]["learning_rate"] = float(np.float32(0.05))
+    table = parity.differences_table(settings, ["rmsprop"], "aligned")
+
+    assert parity.causes(table, "float32") == {}
+    assert parity.causes(table, "float64")["rmsprop"].startswith("lr: torch 0.05 vs keras 0.05000")
+
+
+# ---------------------------------------------------------------------------------------------
+# Real runs in both frameworks
+
+
+@pytest.fixture(scope="module")
+def short_float64() -> parity.ParityResult:
+    """Every optimizer, full batch, 3 epochs, float64, native and aligned."""
+    return run_parity(ParityConfig(batch_sizes=(150,), epochs=3, dtype="float64"))
+
+
+def _row(summary: pd.DataFrame, impl: str, optimizer: str) -> pd.Series:
+    rows = summary[(summary["impl"] == impl) & (summary["optimizer"] == optimizer)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_aligned_float64_agrees_and_native_gaps_are_named(
+    short_float64: parity.ParityResult,
+) -> None:
+    summary = short_float64.summary
+
+    for opt in OPTIMIZERS:
+        aligned = _row(summary, "aligned", opt)
+        assert aligned["max_weight_diff"] <= 1e-9 and aligned["max_loss_diff"] <= 1e-9, opt
+        assert pd.isna(aligned["first_epoch_past"])
+    for opt in ("rmsprop", "adam"):
+        native = _row(summary, "native", opt)
+        assert native["first_epoch_past"] == 1
+        assert native["max_weight_diff"] > 1e-6
+        assert native["cause"].startswith("formula: torch p -= lr")
+    for opt in ("sgd", "asgd"):
+        assert _row(summary, "native", opt)["cause"] == "rounding (float operation order)"
+    # Epoch 0 compares the weights as each framework holds them after loading: identical.
+    assert (short_float64.epochs.query("epoch == 0")["weight_diff"] == 0).all()
+
+
+def test_f3_asgd_is_a_real_asgd_that_never_averaged(short_float64: parity.ParityResult) -> None:
+    # F3: torch's defaults lambd 1e-4, alpha 0.75, t0 1e6, read back from both live objects.
+    table = short_float64.differences
+    rows = table[(table["impl"] == "native") & (table["optimizer"] == "asgd")]
+    values = {row["hyperparameter"].split(" (")[0]: (row["torch"], row["keras"])
+              for _, row in rows.iterrows()}
+    assert values["lambd"] == (1e-4, 1e-4)
+    assert values["alpha"] == (0.75, 0.75)
+    assert values["t0"] == (1e6, 1e6)
+    assert values["class"] == ("torch.optim.asgd.ASGD", "xorbench.adapters.keras_asgd.ASGD")
+
+    # 3 epochs at full batch are 3 steps, far below t0: averaging was never active, and each
+    # framework says so (False, not None as for other optimizers).
+    asgd = _row(short_float64.summary, "native", "asgd")
+    assert (asgd["asgd_averaging_torch"], asgd["asgd_averaging_keras"]) == (False, False)
+    assert _row(short_float64.summary, "native", "sgd")["asgd_averaging_keras"] is None
+
+
+def test_f3_keras_asgd_is_not_sgd_under_another_name(short_float64: parity.ParityResult) -> None:
+    # Same start and order: the ASGD and SGD trajectories must differ (weight decay lambd*eta),
+    # by far more than the float64 gap between the frameworks, and by the same amount in both.
+    traces = short_float64.traces
+
+    keras_gap = np.abs(traces["native", "asgd", 150].weights - traces["native", "sgd", 150].weights)
+    torch_gap = np.abs(traces["lightning", "asgd", 150].weights
+                       - traces["lightning", "sgd", 150].weights)
+    assert keras_gap[1:].max() > 1e-7
+    np.testing.assert_allclose(keras_gap, torch_gap, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_aligned_float64_agrees_to_1e9_for_20_epochs() -> None:
+    result = run_parity(ParityConfig(batch_sizes=(1, 32, 150), epochs=20, dtype="float64",
+                                     impls=("aligned",), tolerance=1e-9))
+
+    assert len(result.summary) == 12
+    assert result.summary["first_epoch_past"].isna().all(), result.summary.to_string()
+    assert (result.summary[["max_loss_diff", "max_weight_diff"]] <= 1e-9).all().all()
+
+
+@pytest.mark.slow
+def test_aligned_float32_agrees_to_1e5_for_10_epochs() -> None:
+    result = run_parity(ParityConfig(batch_sizes=(1, 32, 150), epochs=10, dtype="float32",
+                                     impls=("aligned",), tolerance=1e-5))
+
+    summary = result.summary
+    past = summary[summary["first_epoch_past"].notna()]
+    # A cell may pass 1e-5 only where float32 rounding alone moves a framework's run that far
+    # from its float64 twin (measured: rmsprop at batch 1, torch drifts ~1.7e-5); never by a
+    # formula or a setting.
+    assert len(past) <= 1, summary.to_string()
+    assert past["cause"].str.startswith("float32 rounding").all(), summary.to_string()
+    assert (past["float32_drift_torch"] > 1e-5).all()
+    within = summary[summary["first_epoch_past"].isna()]
+    assert (within[["max_loss_diff", "max_weight_diff"]] <= 1e-5).all().all()
+
+
+def test_written_tables_render_in_the_report(
+    short_float64: parity.ParityResult, tmp_path: Path,
+) -> None:
+    from xorbench.report import parity_markdown_for
+
+    parity.write_parity(short_float64, tmp_path / "parity")
+    text = parity_markdown_for(tmp_path, None)
+
+    assert text.startswith("## Framework parity")
+    assert "### Parity, float64" in text
+    assert re.search(r"\| aligned +\| adam +\| 150 +\| [0-9.e-]+ +\| [0-9.e-]+ +\| — ", text)
+    assert "xorbench.adapters.keras_aligned.TorchAdam" in text
+    assert parity_markdown_for(tmp_path / "nothing", None) == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dtype", "float16"], "--dtype must be one of float32, float64; received 'float16'"),
+        (["--optimizer", "adagrad"], "optimizer must be one of sgd, asgd, rmsprop, adam; "
+         "received 'adagrad'"),
+        (["--batch-size", "0"], "batch_size must be from 1 to 150; received 0"),
+        (["--tolerance", "-1"], "tolerance must be a finite number > 0; received -1.0"),
+        (["--optimizer-impl", "fast"], "argument --optimizer-impl: invalid choice: 'fast'"),
+        (["--epochs", "0"], "--epochs must be an integer >= 1; received '0'"),
+    ],
+)
+def test_bad_parity_options_exit_2_with_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        sys.exit(main(["parity", *argv, "--out", str(tmp_path / "out")]))
+
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_command_prints_and_writes_the_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "parity"
+    argv = ["parity", "--optimizer", "sgd", "--batch-size", "150", "--epochs", "2",
+            "--dtype", "float64", "--optimizer-impl", "aligned", "--out", str(out)]
+
+    assert main(argv) == 0
+
+    printed = capsys.readouterr().out
+    assert "### Parity, float64" in printed
+    assert re.search(r"\| aligned +\| sgd +\| 150 +\|", printed)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "parity-float64.md", "parity_differences-float64.parquet",
+        "parity_epochs-float64.parquet", "parity_summary-float64.parquet",
+    ]
+    epochs = pd.read_parquet(out / "parity_epochs-float64.parquet")
+    assert list(epochs["epoch"]) == [0, 1, 2]
+
+
+def test_report_gains_a_parity_section_from_a_parity_directory(
+    short_float64: parity.ParityResult, tmp_path: Path,
+) -> None:
+    from fakes import seed_runs, write_results_dir
+
+    from xorbench.report import write_report
+
+    results = write_results_dir(tmp_path / "results", seed_runs([1.0, 0.5], epochs=3))
+    parity.write_parity(short_float64, tmp_path / "elsewhere")
+
+    plain = write_report(results, tmp_path / "plain").read_text()
+    with_parity = write_report(results, tmp_path / "report",
+                               parity=tmp_path / "elsewhere").read_text()
+
+    assert "## Framework parity" not in plain
+    section = with_parity.split("## Framework parity", 1)[1]
+    assert "### Parity, float64" in section
+    assert "| rmsprop     | formula " in section
+    assert with_parity.index("## Framework parity") < with_parity.index("## Setup")

@@ -1,9 +1,9 @@
-"""Framework parity (issue 4): Lightning against Keras from the same start, epoch by epoch.
+"""Framework parity: Lightning against Keras from the same start, epoch by epoch.
 
 The driver trains each framework in its own spawned worker, so these tests run in the torch
 process without importing TensorFlow here. The fast tier trains a few epochs at full batch; the
-agreement claims of the issue (float64 to 1e-9 for 20 epochs, float32 to 1e-5 for 10) are
-``slow``.
+agreement claims (aligned optimizers: float64 to 1e-9 for 20 epochs, float32 to 1e-5 for 10)
+are ``slow``.
 """
 
 from __future__ import annotations

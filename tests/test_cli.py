@@ -202,3 +202,19 @@ def test_a_truncated_table_is_one_line_for_report(
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"xorbench report: error: a table in {results_dir} cannot be read")
     assert "\n" not in err
+
+
+def test_parity_refuses_an_out_it_cannot_create_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+
+    code = main(["parity", "--optimizer", "sgd", "--batch-size", "150", "--epochs", "1",
+                 "--out", str(afile / "sub")])
+
+    assert code == 2
+    err = capsys.readouterr()
+    assert err.err.strip() == f"xorbench parity: error: --out {afile / 'sub'} cannot be created: " \
+                              "Not a directory"
+    assert err.out == "" and afile.read_text() == "keep me"  # no table: nothing was trained

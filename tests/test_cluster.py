@@ -87,6 +87,34 @@ def test_an_unreachable_scheduler_exits_2_with_one_line_and_writes_nothing(
     assert not out.exists()
 
 
+def test_a_port_that_is_not_a_scheduler_exits_2_instead_of_hanging(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service that accepts the connection and never speaks Dask (here, an HTTP server)."""
+    import http.server
+    import threading
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1)
+    # Threaded: a handler stuck on the silent client must not block the server's shutdown.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             http.server.BaseHTTPRequestHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"tcp://127.0.0.1:{server.server_address[1]}"
+    out = tmp_path / "out"
+    try:
+        code = main(["run", "--preset", "smoke", "--scheduler", address, "--out", str(out)])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"xorbench run: error: no Dask scheduler answered at {address} "
+                          "within 1 s (")
+    assert "\n" not in err and not out.exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [(["--scheduler", "tcp://127.0.0.1:8786", "--workers", "2"],
@@ -453,3 +481,30 @@ def test_resume_works_across_local_and_cluster_runs(
     assert finish.returncode == 0, finish.stderr
     assert _written(finish.stderr) == Counter(cells - set(kept))
     _assert_same_tables(local_run, half_cluster)
+
+
+def test_the_code_digest_tells_an_edited_copy_of_xorbench_apart(tmp_path: Path) -> None:
+    """What the cluster check compares: a worker with the same version but other files differs."""
+    import shutil
+    import subprocess
+    import sys
+
+    import xorbench
+    from xorbench.environment import code_digest
+
+    copy = tmp_path / "site"
+    shutil.copytree(Path(xorbench.__file__).parent, copy / "xorbench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+    def digest_of_copy() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", "from xorbench.environment import code_digest\n"
+             "print(code_digest())"], env={"PYTHONPATH": str(copy)}, cwd=tmp_path,
+            capture_output=True,
+            text=True, check=True)
+        return done.stdout.strip()
+
+    assert digest_of_copy() == code_digest()
+    runner = copy / "xorbench" / "runner.py"
+    runner.write_text(runner.read_text() + "\n# an edit that keeps the version number\n")
+    assert digest_of_copy() != code_digest()

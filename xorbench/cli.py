@@ -310,6 +310,11 @@ def cmd_parity(args: argparse.Namespace) -> int:
     configs = _parity_configs(args)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out must be a directory; {args.out} is a file")
+    if args.out is not None:
+        try:  # before any training, so an unusable --out costs nothing
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {args.out} cannot be created: {exc.strerror}") from None
 
     from xorbench.parity import parity_markdown, run_parity, write_parity
 
@@ -341,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xorbench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("xorbench: interrupted; finished cells are kept and a rerun resumes", file=sys.stderr)
+        kept = "; finished cells are kept and a rerun resumes" if args.command == "run" else ""
+        print(f"xorbench: interrupted{kept}", file=sys.stderr)
         return 130
 
 

@@ -24,7 +24,7 @@ import atexit
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -47,6 +47,34 @@ TASKS_PER_THREAD = 4
 
 class ClusterError(ValueError):
     """A Dask scheduler that cannot be used as asked; the message is one line for the user."""
+
+
+def _connect(client_class: Any, address: str) -> Any:
+    """A Dask client of the scheduler at ``address``, or ClusterError after the timeout.
+
+    The client's own timeout covers the TCP connection, not a server that accepts it and never
+    speaks Dask (another service on that port): the connection is made in a daemon thread that
+    is abandoned if it has not finished in time.
+    """
+    outcome: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            outcome["client"] = client_class(address, timeout=CONNECT_TIMEOUT_S,
+                                             set_as_default=False)
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=connect, name="dask-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_TIMEOUT_S + 5)
+    error = outcome.get("error")
+    if "client" in outcome:
+        return outcome["client"]
+    why = type(error).__name__ if error is not None else "no Dask handshake"
+    raise ClusterError(
+        f"no Dask scheduler answered at {address} within {CONNECT_TIMEOUT_S} s ({why}); "
+        "start one (dask scheduler) or fix --scheduler")
 
 
 # Not yet supported: tls:// schedulers (Dask's only authentication). This note goes when
@@ -106,13 +134,7 @@ class DaskExecutor:
         except ImportError:
             raise ClusterError("--scheduler needs Dask: pip install -c constraints.txt "
                                "'xorbench[dask]'") from None
-        try:
-            self.client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
-            raise ClusterError(
-                f"no Dask scheduler answered at {address} within {CONNECT_TIMEOUT_S} s "
-                f"({type(exc).__name__}); start one (dask scheduler) or fix --scheduler"
-            ) from None
+        self.client = _connect(Client, address)
         self.scheduler: str | None = address
         self.cells_per_task = cells_per_task
         try:
@@ -123,7 +145,7 @@ class DaskExecutor:
 
     def _check_workers(self) -> int:
         """The cluster's worker threads, once its workers are known to match this machine."""
-        from xorbench.environment import versions
+        from xorbench.environment import code_digest, versions
 
         try:
             self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
@@ -137,9 +159,6 @@ class DaskExecutor:
                 f"the Dask workers could not run xorbench ({type(exc).__name__}: {exc}); "
                 "install it on every worker: pip install -c constraints.txt 'xorbench[dask]'"
             ) from None
-        # Not checked: a worker's xorbench code itself (a checkout with other changes has the
-        # same version number). This note goes when workers report their git commit or a hash
-        # of the package's files and it is compared here.
         here = versions()
         for worker, found in sorted(by_worker.items()):
             for package in MATCHED_PACKAGES:
@@ -148,6 +167,13 @@ class DaskExecutor:
                         f"Dask worker {worker} has {package} {found.get(package)}, this machine "
                         f"{here.get(package)}; install the same constraints.txt everywhere"
                     )
+        # The same version number can hide other code (an edited checkout): compare the code.
+        digests: dict[str, str] = self.client.run(code_digest)
+        for worker, digest in sorted(digests.items()):
+            if digest != code_digest():
+                raise ClusterError(
+                    f"Dask worker {worker} runs other xorbench code than this machine (same "
+                    "version, different files); install the same checkout on every worker")
         info = self.client.scheduler_info(n_workers=-1)["workers"]
         return sum(int(w.get("nthreads", 1)) for w in info.values())
 

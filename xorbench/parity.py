@@ -571,8 +571,9 @@ def parity_markdown(summary: pd.DataFrame, differences: pd.DataFrame) -> str:
         "differences; weights: the largest absolute difference over all weights, epoch 0 "
         "(as loaded) included."
         + (" Float32 drift: each framework's largest weight distance from torch's own float64 "
-           "run of the cell, i.e. what float32 rounding alone does." if first["dtype"] ==
-           "float32" else "")
+           "run of the cell: float32 rounding alone for torch, and for Keras where its formula "
+           "is torch's (with a native rmsprop or adam it also holds the formula's gap)."
+           if first["dtype"] == "float32" else "")
     )
     native = differences[differences["impl"] == differences["impl"].iloc[0]]
     return "\n\n".join([

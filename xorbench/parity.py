@@ -322,10 +322,13 @@ def differences_table(
             used_keras.add(k_key or "")
             label = f"{name} (torch {t_key or '—'}, keras {k_key or '—'})"
             action = ACTIONS["lr"] if name == "lr" else ACTIONS["value"]
+            same = "torch only" if k_key is None else _same(t_val, k_val)
             if k_key is None:
                 action = ACTIONS.get(name, "torch only: passed as in optimizers.py")
-            rows.append([opt, label, t_val, k_val,
-                         "torch only" if k_key is None else _same(t_val, k_val),
+            elif same == "differs":  # xorbench passed one value; a library holds another
+                action = ("passed to both from optimizers.py, yet the live objects hold "
+                          "different values: a library reads it differently; report it")
+            rows.append([opt, label, t_val, k_val, same,
                          _lookup(torch_obj["library_defaults"], t_key),
                          _lookup(keras_obj["library_defaults"], k_key), action])
 

@@ -218,3 +218,21 @@ def test_parity_refuses_an_out_it_cannot_create_before_training(
     assert err.err.strip() == f"xorbench parity: error: --out {afile / 'sub'} cannot be created: " \
                               "Not a directory"
     assert err.out == "" and afile.read_text() == "keep me"  # no table: nothing was trained
+
+
+def test_report_refuses_a_parity_directory_without_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fakes import grid_runs, write_results_dir
+
+    results_dir = write_results_dir(tmp_path / "r", grid_runs(seeds=2))
+    (tmp_path / "empty").mkdir()
+
+    code = main(["report", str(results_dir), "--parity", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "rep")])
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"xorbench report: error: --parity {tmp_path / 'empty'} holds no parity tables; write "
+        f"them with xorbench parity --out {tmp_path / 'empty'}")
+    assert not (tmp_path / "rep").exists()

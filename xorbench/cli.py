@@ -267,6 +267,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.parity is not None and not args.parity.is_dir():
         raise ResultsDirError(f"--parity must be a directory; received {args.parity}")
+    if args.parity is not None and not any(args.parity.glob("parity_summary-*.parquet")):
+        raise ResultsDirError(f"--parity {args.parity} holds no parity tables; write them with "
+                              f"xorbench parity --out {args.parity}")
     name = read_manifest(path).get("experiment", {}).get("name", path.name)
     out = args.out or Path("reports") / name
     _check_report_dir(out, "--out")

@@ -490,3 +490,32 @@ def test_cell_order_puts_frameworks_of_a_cell_together() -> None:
         ("lightning", "adam", 32), ("keras", "adam", 32),
     ]
     assert list(ordered.columns) == [*CELL_KEYS]
+
+
+@pytest.mark.parametrize(("impl", "words"), [
+    (None, "with its own optimizers (`native`"),
+    ("aligned", "implement torch's formulas (`--optimizer-impl aligned`)"),
+])
+def test_intro_names_the_keras_optimizer_implementation(
+    tmp_path: Path, impl: str | None, words: str
+) -> None:
+    results_dir = write_results_dir(tmp_path, grid_runs(seeds=2))
+    if impl is not None:
+        manifest_path = results_dir / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["experiment"]["optimizer_impl"] = impl
+        manifest_path.write_text(json.dumps(manifest))
+
+    intro = report.intro_markdown(report.load_results(results_dir), "t")
+
+    assert words in intro
+
+
+def test_intro_leaves_the_implementation_out_without_keras_rmsprop_or_adam(
+    tmp_path: Path,
+) -> None:
+    runs = grid_runs(frameworks=("keras",), optimizers=("sgd",), seeds=2)
+    intro = report.intro_markdown(report.load_results(write_results_dir(tmp_path, runs)), "t")
+
+    assert "optimizers (`native`" not in intro
+    assert "aligned" not in intro

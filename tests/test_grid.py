@@ -75,11 +75,28 @@ def test_toml_file_then_flags(tmp_path: Path) -> None:
         ({"lr": (0.0,)}, "lr must be a finite number > 0; received 0.0"),
         ({"lr": (float("inf"),)}, "lr must be a finite number > 0; received inf"),
         ({"lr": (float("nan"),)}, "lr must be a finite number > 0; received nan"),
-        ({"epochs": (0,)}, "epochs must be an integer >= 1; received 0"),
-        ({"seeds": 0}, "seeds must be an integer >= 1; received 0"),
+        ({"epochs": (0,)}, "epochs must be an integer from 1 to 100,000; received 0"),
+        ({"epochs": (10**11,)}, "epochs must be an integer from 1 to 100,000; "
+         "received 100000000000"),
+        ({"seeds": 0}, "seeds must be an integer from 1 to 10,000; received 0"),
+        ({"seeds": 10**8}, "seeds must be an integer from 1 to 10,000; received 100000000"),
+        ({"seeds": 101, "seed_design": "factorial"}, "seeds must be from 2 to 100 with "
+         "seed_design factorial (k init x k order seeds: one of each has no variance to "
+         "split, and k x k runs per cell grow fast); received 101"),
         ({"target": 1.5}, "target must be a number in (0, 1]; received 1.5"),
-        ({"hidden": ((3, 0),)}, "hidden must be one or more layer widths >= 1, such as 3x4; "
-         "received (3, 0)"),
+        ({"hidden": ((3, 0),)}, "hidden must be 1 to 8 layer widths from 1 to 1024, such as "
+         "3x4; received (3, 0)"),
+        ({"hidden": ((100000, 100000),)}, "hidden must be 1 to 8 layer widths from 1 to "
+         "1024, such as 3x4; received (100000, 100000)"),
+        ({"hidden": ((3,) * 9,)}, "hidden must be 1 to 8 layer widths from 1 to 1024, "
+         "such as 3x4; received (3, 3, 3, 3, 3, 3, 3, 3, 3)"),
+        ({"batch_size": (32, 32)}, "batch_size lists 32 more than once; list each value "
+         "once"),
+        ({"hidden": ((3, 4), (3, 4))}, "hidden lists (3, 4) more than once; list each "
+         "value once"),
+        ({"name": ""}, "name must be 1 to 100 letters, digits, '.', '_' or '-', "
+         "starting with a letter or digit (it names the results and report "
+         "directories); received ''"),
     ],
 )
 def test_bad_values_name_the_option_the_allowed_values_and_what_was_given(

@@ -135,6 +135,8 @@ def test_a_run_killed_mid_grid_resumes_to_the_same_tables(tmp_path: Path) -> Non
 
     resumed = subprocess.run(_run(cut), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
+    assert (f"xorbench: resuming: {finished_before} of 8 cells already finished are kept; "
+            f"training the other {8 - finished_before}") in resumed.stderr
 
     for table in ("runs", "history"):
         a = pd.read_parquet(tmp_path / "whole" / f"{table}.parquet")
@@ -212,3 +214,22 @@ def test_workers_end_when_the_run_is_killed(tmp_path: Path) -> None:
         assert not any(_alive(pid) for pid in workers), "workers outlived their run"
     finally:
         run.kill()
+
+
+def test_restart_deletes_only_what_a_run_wrote(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    results.start(out, build_experiment("smoke"), workers=1)
+    for name in (results.RUNS, results.HISTORY, results.WEIGHTS, results.SUMMARY,
+                 ".runs.parquet.tmp-123"):
+        (out / name).write_bytes(b"run output")
+    (out / "parts" / "cell.runs.parquet").write_bytes(b"run output")
+    (out / "parity").mkdir()
+    (out / "parity" / "parity-float32.md").write_text("tables")
+    (out / "bench-torch.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+
+    kept = results.clear(out)
+
+    assert kept == ["bench-torch.json", "notes.txt", "parity"]
+    assert sorted(p.name for p in out.iterdir()) == kept
+    assert (out / "parity" / "parity-float32.md").read_text() == "tables"

@@ -493,8 +493,8 @@ def test_cell_order_puts_frameworks_of_a_cell_together() -> None:
 
 
 @pytest.mark.parametrize(("impl", "words"), [
-    (None, "with its own optimizers (`native`"),
-    ("aligned", "implement torch's formulas (`--optimizer-impl aligned`)"),
+    (None, "Keras trained adam with its own optimizer classes (`native`"),
+    ("aligned", "Keras trained adam with xorbench's classes that implement torch's"),
 ])
 def test_intro_names_the_keras_optimizer_implementation(
     tmp_path: Path, impl: str | None, words: str
@@ -517,5 +517,5 @@ def test_intro_leaves_the_implementation_out_without_keras_rmsprop_or_adam(
     runs = grid_runs(frameworks=("keras",), optimizers=("sgd",), seeds=2)
     intro = report.intro_markdown(report.load_results(write_results_dir(tmp_path, runs)), "t")
 
-    assert "optimizers (`native`" not in intro
+    assert "(`native`" not in intro
     assert "aligned" not in intro

@@ -432,6 +432,29 @@ def test_dead_first_layer_is_counted_from_hand_made_weights() -> None:
     assert by_seed.tolist() == [True, False]
 
 
+def test_a_diverged_first_layer_is_neither_dead_nor_alive() -> None:
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
+    diverged = model.glorot_uniform((3, 4), init_seed=1)
+    diverged[0][0][0, 0] = np.nan
+    huge = model.glorot_uniform((3, 4), init_seed=1)
+    huge[0] = (np.full((2, 3), 3e38, dtype=np.float32), np.full(3, -3e38, dtype=np.float32))
+    runs = cell_runs(acc=[0.5, 0.5], ett=[None, None])
+    weights = pd.DataFrame({
+        "run_id": runs["run_id"], "hidden": "3x4",
+        "params": [model.flatten(diverged), model.flatten(huge)],
+    })
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow or invalid-value warnings either
+        flags = stats.dead_first_layer(weights, x)
+
+    # NaN weights say nothing; finite float32 weights that overflow in float32 still count:
+    # 3e38 + 3e38 - 3e38 > 0 on (1, 1), so the layer is alive.
+    assert flags.isna().tolist() == [True, False]
+    assert flags.iloc[1] == False  # noqa: E712 (a nullable boolean, not a Python bool)
+    assert stats.cell_summary(runs, weights, x, n_boot=N_BOOT).iloc[0]["dead_first_layer"] == 0
+
+
 def test_a_table_where_every_seed_has_the_same_value_gives_finite_intervals_and_no_warnings(
 ) -> None:
     same = {"acc": [1.0] * 40, "ett": [7] * 40, "loss": [0.05] * 40}
@@ -538,6 +561,19 @@ def test_lightning_against_keras_is_a_paired_tost_and_never_equal_for_want_of_ev
     assert rate["verdict"] == "inconclusive"
     assert rate["p_equivalence"] == pytest.approx(0.95**40)
     assert "needs at least 59 agreeing seeds" in rate["label"]
+    assert rate["equivalence_test"] == "exact binomial bound (no spread for a TOST)"
+    assert loss["equivalence_test"] == "TOST on per-seed differences"
+
+
+def test_the_reading_guide_counts_agreeing_seeds_at_the_margins_in_use() -> None:
+    from xorbench.stats_plots import _verdicts_text
+
+    assert stats.agreeing_seeds_needed(0.05, 0.05) == 59  # 0.95^59 <= 0.05 < 0.95^58
+    assert stats.agreeing_seeds_needed(0.2, 0.05) == 14  # 0.8^14 = 0.044 <= 0.05 < 0.8^13
+
+    text = " ".join(_verdicts_text({"margin_rate": 0.2, "margin_epochs": 0.05}).split())
+    assert ("14 agreeing seeds are needed to show a reached-target gap within ±0.2, and 59 for "
+            "epochs to target within ±5% of the budget") in text
 
 
 def test_lightning_against_keras_with_enough_agreeing_seeds_is_equivalent() -> None:

@@ -72,13 +72,13 @@ def _margin(option: str, upper: float) -> Any:
 
 
 def _add_margins(parser: argparse.ArgumentParser) -> None:
-    """The equivalence margins of the Lightning-against-Keras comparison (xorbench.stats)."""
+    """The equivalence margins the comparisons of xorbench.stats are held to."""
     parser.add_argument("--margin-rate", type=_margin("--margin-rate", 1), metavar="X",
-                        help="equivalence margin on the difference in reached-target rate "
-                        "(default 0.05)")
+                        help="equivalence margin on a difference in reached-target rate, in "
+                        "every comparison (default 0.05)")
     parser.add_argument("--margin-loss", type=_margin("--margin-loss", math.inf), metavar="X",
-                        help="equivalence margin on the per-seed final val loss difference, in "
-                        "nats (default 0.02)")
+                        help="equivalence margin on the per-seed final val loss difference "
+                        "between Lightning and Keras, in nats (default 0.02)")
 
 
 def _stats_options(args: argparse.Namespace) -> dict[str, float]:
@@ -185,7 +185,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names}
 
 
-def _progress(total_runs: int, quiet: bool) -> tuple[Any, Any]:
+def _progress(total_runs: int, runs_per_cell: int, n_cells: int,
+              quiet: bool) -> tuple[Any, Any, Any]:
+    """A progress bar over runs, and the runner's callbacks that move it."""
     from tqdm import tqdm
 
     bar = tqdm(total=total_runs, unit="run", disable=quiet, dynamic_ncols=True,
@@ -196,7 +198,15 @@ def _progress(total_runs: int, quiet: bool) -> tuple[Any, Any]:
         bar.set_postfix_str(f"{cell.key}" + (f" ({bad} not ok)" if bad else ""), refresh=False)
         bar.update(len(runs))
 
-    return bar, on_cell_done
+    def on_resume(finished: list[Cell]) -> None:
+        bar.write(f"xorbench: resuming: {len(finished)} of {n_cells} cells already finished "
+                  f"are kept; training the other {n_cells - len(finished)}", file=sys.stderr)
+        # The kept runs start the bar as its initial count, so that the rate and the time left
+        # are those of the runs trained now.
+        bar.initial = bar.n = len(finished) * runs_per_cell
+        bar.refresh()
+
+    return bar, on_cell_done, on_resume
 
 
 def _check_report_dir(path: Path, option: str) -> None:
@@ -238,11 +248,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         where = f" on {args.scheduler}" if args.scheduler else ""
         print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {seeds} "
               f"= {n_runs} runs{where} -> {out}", file=sys.stderr)
-        bar, on_cell_done = _progress(n_runs, args.quiet)
+        bar, on_cell_done, on_resume = _progress(n_runs, experiment.runs_per_cell,
+                                                 len(experiment.cells), args.quiet)
         start = time.perf_counter()
         with bar:
             runs = run_experiment(experiment, out, executor=executor, on_cell_done=on_cell_done,
-                                  restart=args.restart)
+                                  on_resume=on_resume, restart=args.restart)
     finally:
         executor.close()
     counts = runs["status"].value_counts().to_dict()

@@ -164,8 +164,8 @@ def expand(name: str, axes: Axes) -> Experiment:
     for cell in cells:
         if cell.key in seen:
             raise ConfigError(
-                f"the grid has cell {cell.key} twice: list each value once (learning rates "
-                "must differ within 6 significant digits)")
+                f"the grid has cell {cell.key} twice: lr values must differ in their first "
+                "6 significant digits, which name the cell")
         seen.add(cell.key)
     return Experiment(
         name=name,
@@ -186,6 +186,26 @@ def _allowed(option: str, allowed: Sequence[Any], values: Sequence[Any]) -> None
             raise ConfigError(
                 f"{option} must be one of {', '.join(map(str, allowed))}; received {value!r}"
             )
+
+
+# Upper bounds that keep a typo from asking for days of training or more memory than a
+# machine has (the seed-batched engine holds seeds x width x width weights per layer and
+# optimizer state beside them). They are far above what this network needs to learn XOR.
+MAX_WIDTH = 1024
+MAX_LAYERS = 8
+MAX_EPOCHS = 100_000
+MAX_SEEDS = 10_000
+MAX_FACTORIAL_SEEDS = 100
+
+
+def check_distinct(option: str, values: Sequence[Any]) -> None:
+    """Refuse a list that names a value twice: it would train (and count) the same cell twice."""
+    seen: list[Any] = []
+    for value in values:
+        if value in seen:
+            raise ConfigError(
+                f"{option} lists {value!r} more than once; list each value once")
+        seen.append(value)
 
 
 def _is_int(value: Any) -> bool:
@@ -215,6 +235,7 @@ def validate(axes: Axes) -> None:
     ]:
         if not values:
             raise ConfigError(f"{option} needs at least one value; received none")
+        check_distinct(option, values)
     for batch in batch_sizes:
         if not _is_int(batch) or not 1 <= batch <= N_TRAIN:
             raise ConfigError(
@@ -225,19 +246,24 @@ def validate(axes: Axes) -> None:
         if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"lr must be a finite number > 0; received {lr!r}")
     for hidden in axes.hidden:
-        if not hidden or any(not _is_int(h) or h < 1 for h in hidden):
+        if (not hidden or len(hidden) > MAX_LAYERS
+                or any(not _is_int(h) or not 1 <= h <= MAX_WIDTH for h in hidden)):
             raise ConfigError(
-                f"hidden must be one or more layer widths >= 1, such as 3x4; received {hidden!r}"
+                f"hidden must be 1 to {MAX_LAYERS} layer widths from 1 to {MAX_WIDTH}, such as "
+                f"3x4; received {hidden!r}"
             )
     for epochs in axes.epochs:
-        if not _is_int(epochs) or epochs < 1:
-            raise ConfigError(f"epochs must be an integer >= 1; received {epochs!r}")
-    if not _is_int(axes.seeds) or axes.seeds < 1:
-        raise ConfigError(f"seeds must be an integer >= 1; received {axes.seeds!r}")
-    if axes.seed_design == "factorial" and axes.seeds < 2:
-        raise ConfigError("seeds must be at least 2 with seed_design factorial (k init x k "
-                          f"order seeds; one of each has no variance to split); received "
-                          f"{axes.seeds!r}")
+        if not _is_int(epochs) or not 1 <= epochs <= MAX_EPOCHS:
+            raise ConfigError(
+                f"epochs must be an integer from 1 to {MAX_EPOCHS:,}; received {epochs!r}")
+    if not _is_int(axes.seeds) or not 1 <= axes.seeds <= MAX_SEEDS:
+        raise ConfigError(
+            f"seeds must be an integer from 1 to {MAX_SEEDS:,}; received {axes.seeds!r}")
+    if axes.seed_design == "factorial" and not 2 <= axes.seeds <= MAX_FACTORIAL_SEEDS:
+        raise ConfigError(
+            f"seeds must be from 2 to {MAX_FACTORIAL_SEEDS} with seed_design factorial (k init "
+            f"x k order seeds: one of each has no variance to split, and k x k runs per cell "
+            f"grow fast); received {axes.seeds!r}")
     if not _is_int(axes.base_seed) or axes.base_seed < 0:
         raise ConfigError(f"base_seed must be an integer >= 0; received {axes.base_seed!r}")
     if not isinstance(axes.data_per_run, bool):
@@ -363,7 +389,9 @@ def build_experiment(
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; received {preset!r}")
     axes = apply_overrides(PRESETS[preset], file_values)
     axes = apply_overrides(axes, overrides or {})
-    name = (overrides or {}).get("name") or file_values.get("name") or preset
+    name = (overrides or {}).get("name")
+    if name is None:
+        name = file_values.get("name", preset)
     check_name(name)
     return expand(name, axes)
 

@@ -244,11 +244,20 @@ def _variant_label(row: pd.Series, keys: Sequence[str]) -> str:
     return ", ".join(names[key].format(row[key]) for key in keys)
 
 
-def _seed_count_text(runs: pd.DataFrame) -> str:
+def _seed_count_text(runs: pd.DataFrame, unit: str = "seed") -> str:
     """'10 seeds', or '5 to 10 seeds per cell' when cells have different numbers of seeds."""
     counts = runs.groupby(CELL_KEYS, sort=False).size()
     low, high = int(counts.min()), int(counts.max())
-    return f"{high} seeds" if low == high else f"{low} to {high} seeds per cell"
+    return f"{high} {unit}s" if low == high else f"{low} to {high} {unit}s per cell"
+
+
+def _unit(res: Results) -> str:
+    """What one point of a cell's spread is: a seed, or in a factorial design a run.
+
+    A factorial cell's k x k runs share init and order seeds; calling them k x k seeds would
+    overstate how many independent draws they are.
+    """
+    return "run" if res.experiment.get("seed_design") == "factorial" else "seed"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -978,16 +987,18 @@ def _impl_text(res: Results) -> str:
     means something else under each implementation.
     """
     runs = res.runs
-    keras_adaptive = (runs["framework"] == "keras") & runs["optimizer"].isin(["rmsprop", "adam"])
-    if not keras_adaptive.any():
+    keras = runs.loc[runs["framework"] == "keras", "optimizer"]
+    adaptive = [name for name in ("rmsprop", "adam") if (keras == name).any()]
+    if not adaptive:
         return ""
+    names = _listing(adaptive)
     if res.experiment.get("optimizer_impl", "native") == "aligned":
-        return (" Keras trained rmsprop and adam with xorbench's classes that implement torch's "
+        return (f" Keras trained {names} with xorbench's classes that implement torch's "
                 "formulas (`--optimizer-impl aligned`), so a gap between the frameworks there "
                 "is not a formula difference.")
-    return (" Keras trained rmsprop and adam with its own optimizers (`native`, hyperparameters "
-            "set equal to torch's): their formulas place epsilon differently from torch's, "
-            "which is part of any gap between the frameworks there (`xorbench parity`).")
+    return (f" Keras trained {names} with its own optimizer classes (`native`, hyperparameters "
+            "set equal to torch's), whose formulas place epsilon differently from torch's: "
+            "that is part of any gap between the frameworks there (`xorbench parity`).")
 
 
 def _missing_markdown(res: Results) -> str:
@@ -1005,19 +1016,21 @@ def _missing_markdown(res: Results) -> str:
 
 def summary_markdown(res: Results) -> str:
     """The summary table per cell, its definitions, and the tables of failed and diverged runs."""
+    unit = _unit(res)
+    table = summary_table(res.runs, n_train=res.n_train).rename(columns={"seeds": f"{unit}s"})
     return f"""## Summary per cell
 
-{_table(summary_table(res.runs, n_train=res.n_train))}
-
+{_table(table)}
+{_factorial_note(res)}
 - *reached target*: runs whose validation accuracy was ≥ {res.target:g} at some epoch, out of
-  all seeds of the cell; a run that never got there (stuck, failed, or diverged first) counts
+  all {unit}s of the cell; a run that never got there (stuck, failed, or diverged first) counts
   as not reached.
 - *final val acc*: median and quartiles [Q1, Q3] (linear interpolation) of the validation
-  accuracy after the last epoch, over the seeds that have one (a failed run has none).
-- *median epochs to target*: the first epoch by which at least half of the seeds had reached
+  accuracy after the last epoch, over the {unit}s that have one (a failed run has none).
+- *median epochs to target*: the first epoch by which at least half of the {unit}s had reached
   the target. A run that never reached it counts as reaching it later than every run that did,
-  so it is not dropped; with an even number of seeds this is the lower of the two middle values,
-  and it is "not reached" when fewer than half of the seeds reached the target.
+  so it is not dropped; with an even number of {unit}s this is the lower of the two middle
+  values, and it is "not reached" when fewer than half of the {unit}s reached the target.
 - *median wall s / run*: median training time of one run, in seconds.
 
 ### Failed runs
@@ -1029,6 +1042,20 @@ def summary_markdown(res: Results) -> str:
 A diverged run had a non-finite training loss; training stopped after that epoch.
 
 {_table(diverged_table(res.runs, n_train=res.n_train))}"""
+
+
+def _factorial_note(res: Results) -> str:
+    """Under the summary of a factorial design: what its runs are, and are not."""
+    if _unit(res) != "run":
+        return ""
+    k = res.experiment.get("seeds")
+    return (
+        f"\n- *runs*: in this factorial design a cell's {k} x {k} runs are every init seed with "
+        f"every\n  order seed. They share seeds, so they are not {k}² independent draws: this "
+        "table and the\n  figures before the seed-variance section describe all of them; that "
+        f"section's intervals\n  and tests use only the {k} runs whose init and order seeds have "
+        "the same index, which\n  share nothing."
+    )
 
 
 def regions_markdown(chosen: pd.DataFrame, n_train: int) -> str:
@@ -1135,7 +1162,8 @@ def _curve_entries(res: Results, figures_dir: Path) -> list[FigureEntry]:
     if res.history is None or res.history.empty:
         return []
     entries = []
-    seeds = _seed_count_text(res.runs)
+    unit = _unit(res)
+    seeds = _seed_count_text(res.runs, unit)
     for metric in ("val_loss", "val_acc"):
         fig = curves_figure(res.runs, res.history, metric, target=res.target, n_train=res.n_train)
         save_figure(fig, figures_dir / f"{metric}.png")
@@ -1143,14 +1171,14 @@ def _curve_entries(res: Results, figures_dir: Path) -> list[FigureEntry]:
         scale = " (log scale)" if metric == "val_loss" else ""
         entries.append(FigureEntry(
             f"{metric}.png",
-            f"{METRIC_LABELS[metric]} against epoch, median and interquartile band over seeds",
+            f"{METRIC_LABELS[metric]} against epoch, median and interquartile band over {unit}s",
             f"{METRIC_LABELS[metric].capitalize()}{scale} against epoch (epoch 0 is the untrained "
             f"network), one panel per optimizer (rows) and batch size (columns), colour: "
             f"framework (where frameworks agree exactly, the thinner line runs inside the wider "
-            f"one). Line: median over seeds at each epoch. Band: interquartile range over "
+            f"one). Line: median over {unit}s at each epoch. Band: interquartile range over "
             f"{seeds} (25th to 75th percentile, linear interpolation, computed per epoch; no "
             f"bootstrap). A diverged run's non-finite values are left out, so after it stops "
-            f"the band rests on fewer seeds.{target}",
+            f"the band rests on fewer {unit}s.{target}",
         ))
     return entries
 
@@ -1162,14 +1190,15 @@ def _accuracy_entry(res: Results, figures_dir: Path) -> FigureEntry:
     hidden = int((~np.isfinite(acc)).sum())
     missing = (f" {hidden} run(s) without a final accuracy (failed) cannot be drawn; they are "
                "counted in the summary table." if hidden else "")
+    unit = _unit(res)
     return FigureEntry(
         "final_accuracy.png",
-        "final validation accuracy of every seed of every cell",
-        f"Final validation accuracy of every seed ({len(res.runs) - hidden} points), one panel "
-        f"per optimizer, frameworks side by side. Each point is one seed; seeds with equal "
-        f"accuracy are set side by side in a fixed order (no random jitter); crosses are diverged "
-        f"runs; the black bar is the cell's median; dashed line: target {res.target:g}. Band: "
-        f"none, every seed is drawn.{missing}",
+        f"final validation accuracy of every {unit} of every cell",
+        f"Final validation accuracy of every {unit} ({len(res.runs) - hidden} points), one "
+        f"panel per optimizer, frameworks side by side. Each point is one {unit}; {unit}s with "
+        f"equal accuracy are set side by side in a fixed order (no random jitter); crosses are "
+        f"diverged runs; the black bar is the cell's median; dashed line: target "
+        f"{res.target:g}. Band: none, every {unit} is drawn.{missing}",
     )
 
 
@@ -1178,7 +1207,8 @@ def _regions_entry(res: Results, figures_dir: Path) -> tuple[FigureEntry | None,
         return None, "No stored weights: decision regions cannot be drawn."
     chosen = representative_runs(res.runs, res.weights)
     if chosen.empty:
-        return None, "No run with stored weights and a final accuracy: nothing to draw."
+        return None, ("No run has finite stored weights (every run diverged or failed): no "
+                      "decision region to draw.")
     fig = decision_regions_figure(chosen, res.weights, n_train=res.n_train)
     save_figure(fig, figures_dir / "decision_regions.png")
     entry = FigureEntry(

@@ -31,6 +31,7 @@ MANIFEST = "manifest.json"
 RUNS = "runs.parquet"
 HISTORY = "history.parquet"
 WEIGHTS = "weights.parquet"
+SUMMARY = "summary.parquet"
 PARTS = "parts"
 LOCK = ".lock"
 
@@ -177,17 +178,30 @@ def check_target(path: Path, experiment: Any | None) -> None:
             )
 
 
-def clear(path: Path) -> None:
-    """Delete everything in a results directory but its lock file (held by the caller)."""
+# What a run writes into its results directory, and so what ``--restart`` deletes. Anything
+# else there (a parity or benchmark subdirectory, the user's own notes) is not the run's.
+RUN_OUTPUTS: tuple[str, ...] = (MANIFEST, RUNS, HISTORY, WEIGHTS, SUMMARY, PARTS)
+
+
+def clear(path: Path) -> list[str]:
+    """Delete the run's outputs from a results directory (the caller holds its lock).
+
+    Only the files a run writes (:data:`RUN_OUTPUTS`, and temporary files left by an
+    interrupted write) are deleted; the names of the entries kept are returned.
+    """
     import shutil
 
-    for entry in path.iterdir():
+    kept = []
+    for entry in sorted(path.iterdir()):
         if entry.name == LOCK:
             continue
-        if entry.is_dir() and not entry.is_symlink():
+        if entry.name not in RUN_OUTPUTS and ".tmp-" not in entry.name:
+            kept.append(entry.name)
+        elif entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
+    return kept
 
 
 def check_unlocked(path: Path) -> None:

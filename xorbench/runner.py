@@ -314,6 +314,7 @@ def run_experiment(
     cells_per_task: int | None = None,
     executor: CellExecutor | None = None,
     on_cell_done: ProgressCallback | None = None,
+    on_resume: Callable[[list[Cell]], None] | None = None,
     restart: bool = False,
 ) -> pd.DataFrame:
     """Train every cell not yet finished in ``out_dir`` and write the results directory.
@@ -333,6 +334,10 @@ def run_experiment(
         Cells per Dask task (default: chosen from the grid and the cluster's size).
     executor
         An executor from :func:`open_executor` to use instead (the caller closes it).
+    on_cell_done
+        Called with each cell and its runs table as its part is written.
+    on_resume
+        Called once, before training, with the cells already finished when resuming.
     """
     results.check_target(out_dir, None if restart else experiment)  # before creating anything
     owned = executor is None
@@ -342,8 +347,11 @@ def run_experiment(
     try:
         with results.locked(out_dir):
             if restart:
-                results.clear(out_dir)
-            return _run_locked(experiment, out_dir, executor, on_cell_done)
+                kept = results.clear(out_dir)
+                if kept:
+                    logger.warning("--restart kept what xorbench run did not write in %s: %s",
+                                   out_dir, ", ".join(kept))
+            return _run_locked(experiment, out_dir, executor, on_cell_done, on_resume)
     finally:
         if owned:
             executor.close()
@@ -362,6 +370,7 @@ def cell_tasks(experiment: Experiment, todo: Sequence[Cell]) -> list[CellTask]:
 def _run_locked(
     experiment: Experiment, out_dir: Path, executor: CellExecutor,
     on_cell_done: ProgressCallback | None,
+    on_resume: Callable[[list[Cell]], None] | None,
 ) -> pd.DataFrame:
     manifest = results.start(out_dir, experiment, workers=executor.workers,
                              scheduler=executor.scheduler)
@@ -370,6 +379,8 @@ def _run_locked(
     if len(todo) < len(experiment.cells):
         logger.info("resuming: %d of %d cells already finished",
                     len(experiment.cells) - len(todo), len(experiment.cells))
+        if on_resume is not None:
+            on_resume([cell for cell in experiment.cells if cell.key in done])
 
     parts_dir = out_dir / results.PARTS
     for task, frames in executor.run(cell_tasks(experiment, todo)):

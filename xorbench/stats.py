@@ -55,11 +55,10 @@ from xorbench.adapters.base import FRAMEWORKS
 from xorbench.data import N_TRAIN, make_xor
 from xorbench.model import hidden_activations, unflatten
 from xorbench.optimizers import OPTIMIZERS
-from xorbench.results import CELL_KEYS
+from xorbench.results import CELL_KEYS, SUMMARY
 
 logger = logging.getLogger(__name__)
 
-SUMMARY = "summary.parquet"
 
 # Below this many seeds per cell, tests are withheld and only descriptive statistics are shown.
 MIN_SEEDS_FOR_TESTS = 30
@@ -609,17 +608,24 @@ def dead_first_layer(
     Returns
     -------
     Series
-        bool, indexed by run_id.
+        Nullable boolean, indexed by run_id; NA for a run whose first layer is not finite (a
+        diverged run: its NaN pre-activations say nothing about dead units).
     """
     _require(weights, results.WEIGHT_COLUMNS, "weights")
     if isinstance(x_train, Mapping) and runs is None:
         raise ValueError("x_train given per data seed needs runs, to look up each data_seed")
     inputs = _x_for(weights["run_id"], runs if runs is not None else weights, x_train)
-    dead = []
+    dead: list[bool | None] = []
     for params, hidden, x in zip(weights["params"], weights["hidden"], inputs, strict=True):
         layers = unflatten(np.asarray(params, dtype=np.float32), results.parse_hidden(hidden))
-        dead.append(not bool(np.any(hidden_activations(layers, x) > 0)))
-    return pd.Series(dead, index=pd.Index(weights["run_id"], name="run_id"), dtype=bool)
+        kernel, bias = layers[0]
+        if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
+            dead.append(None)
+            continue
+        # float64: a finite float32 layer of a nearly diverged run can still overflow.
+        first = [(kernel.astype(np.float64), bias.astype(np.float64))]
+        dead.append(not bool(np.any(hidden_activations(first, x) > 0)))
+    return pd.Series(dead, index=pd.Index(weights["run_id"], name="run_id"), dtype="boolean")
 
 
 def failure_kinds(runs: pd.DataFrame, *, tolerance: float = STUCK_TOLERANCE) -> pd.Series:
@@ -999,6 +1005,8 @@ def _equivalence_test(pair: _Pair, outcome: _Outcome, margin: float,
         p = bootstrap_tost_pvalue(replicates, outcome.null - margin, outcome.null + margin)
         return "bootstrap TOST", p
     name = "TOST on per-seed differences" if pair.paired else "Welch TOST"
+    if outcome.bounded and _no_spread(pair, outcome):
+        name = "exact binomial bound (no spread for a TOST)"
     p = tost_pvalue(pair.a, pair.b, margin, paired=pair.paired,
                     span=span if outcome.bounded else None)
     return name, p
@@ -1034,6 +1042,13 @@ def _no_spread(pair: _Pair, outcome: _Outcome) -> bool:
     return _zero_spread(pair.a, pair.b, pair.paired)
 
 
+def agreeing_seeds_needed(share: float, alpha: float) -> int:
+    """Seeds that must all agree for the exact binomial bound to put the share that disagree
+    below ``share`` (the margin over the outcome's range) at level ``alpha``: (1 - share)^n <=
+    alpha."""
+    return math.ceil(math.log(alpha) / math.log(1 - share))
+
+
 def _zero_spread_note(pair: _Pair, outcome: _Outcome, share: float, alpha: float) -> str:
     """Why a zero-width interval is not the end of the story (``share``: margin / span)."""
     same = ("every seed gave the same difference" if pair.paired
@@ -1041,7 +1056,7 @@ def _zero_spread_note(pair: _Pair, outcome: _Outcome, share: float, alpha: float
     if outcome.bounded:
         return (f"{same}, so the bootstrap interval has zero width; equivalence uses an exact "
                 f"binomial bound instead, which needs at least "
-                f"{math.ceil(math.log(alpha) / math.log(1 - share))} agreeing seeds to show "
+                f"{agreeing_seeds_needed(share, alpha)} agreeing seeds to show "
                 f"a gap within the margin before Holm")
     return f"{same}, so the interval has zero width and the tests use the t limit"
 

@@ -659,8 +659,20 @@ same bootstrap replicates (its p-value is the larger share of replicates beyond 
 the margin), so it keeps the pairing by seed; its smallest non-zero p-value is 1 / resamples.
 When every seed gives the same difference in reaching the target or in epochs to target, no
 spread is left for a t-based TOST, and an exact binomial bound on the share of seeds that
-disagree is used instead (59 agreeing seeds are needed to show a gap within ±5% of the range
-before Holm's correction); for a loss with no spread the t-test's limit is used."""
+disagree is used instead ({rate_seeds} agreeing seeds are needed to show a reached-target gap
+within ±{margin_rate:g}, and {epoch_seeds} for epochs to target within ±{margin_epochs:.0%} of
+the budget, before Holm's correction); for a loss with no spread the t-test's limit is used."""
+
+def _verdicts_text(settings: dict[str, Any]) -> str:
+    """How to read the verdicts, with the seeds the exact binomial bound needs at these margins."""
+    alpha = float(settings.get("alpha", stats.ALPHA))
+    margin_rate = float(settings.get("margin_rate", stats.MARGIN_RATE))
+    margin_epochs = float(settings.get("margin_epochs", stats.MARGIN_EPOCHS))
+    return VERDICTS_TEXT.format(
+        rate_seeds=stats.agreeing_seeds_needed(margin_rate, alpha), margin_rate=margin_rate,
+        epoch_seeds=stats.agreeing_seeds_needed(margin_epochs, alpha),
+        margin_epochs=margin_epochs)
+
 
 POWER_TEXT = """\
 *Seeds for 80% power*: how many seeds per cell a difference of the observed size would need to
@@ -797,7 +809,7 @@ def stats_markdown(
         FACTORIAL_SUBSET if settings.get("factorial_subset") == "diagonal" else "",
         _descriptive_only(tables, min_seeds),
         _summary_section(tables, figures, n_train),
-        f"{VERDICTS_TEXT} {margins}" if not (tables.optimizers.empty
+        f"{_verdicts_text(settings)} {margins}" if not (tables.optimizers.empty
                                              and tables.frameworks.empty) else "",
         _comparison_section(
             "### Optimizers compared", tables.optimizers, no_opt,

@@ -24,8 +24,9 @@ def prepare() -> Any:
     if "torch" in sys.modules:
         pytest.skip("torch is loaded in this process; run the Keras suite on its own")
     from xorbench.adapters import bench_keras
+    from xorbench.adapters.keras import quiet_retracing_notes
 
-    bench_keras.quiet_retracing_notes()
+    quiet_retracing_notes()
     return bench_keras.prepare
 
 

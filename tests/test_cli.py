@@ -39,7 +39,7 @@ def test_help_imports_no_framework() -> None:
         (["--lr", "inf"], "lr must be a finite number > 0; received inf"),
         (["--lr", "nan"], "lr must be a finite number > 0; received nan"),
         (["--epochs", "0"], "epochs must be an integer from 1 to 100,000; received 0"),
-        (["--batch-size", "32,32"], "batch_size lists 32 more than once; list each value once"),
+        (["--batch-size", "32,32"], "--batch-size lists 32 more than once; list each value once"),
         (["--name", ""], "name must be 1 to 100 letters"),
         (["--hidden", "100000x100000"], "hidden must be 1 to 8 layer widths from 1 to 1024"),
         (["--seeds", "0"], "--seeds must be an integer >= 1; received '0'"),

@@ -8,17 +8,25 @@ are ``slow``.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import json
+import logging
+import multiprocessing
 import re
+import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from xorbench import parity
+from xorbench.adapters import parity_worker
 from xorbench.adapters.base import Trace
-from xorbench.cli import main
+from xorbench.cli import _parity_configs, build_parser, main
 from xorbench.optimizers import OPTIMIZERS
 from xorbench.parity import ParityConfig, run_parity
 
@@ -207,6 +215,14 @@ def test_written_tables_render_in_the_report(
         (["--tolerance", "-1"], "tolerance must be a finite number > 0; received -1.0"),
         (["--optimizer-impl", "fast"], "argument --optimizer-impl: invalid choice: 'fast'"),
         (["--epochs", "0"], "--epochs must be an integer >= 1; received '0'"),
+        (["--batch-size", "32,32"], "argument --batch-size: --batch-size lists 32 more than "
+         "once; list each value once"),
+        (["--optimizer", "sgd,adam,sgd"], "--optimizer lists sgd more than once; list each "
+         "value once"),
+        (["--dtype", "float32,float32"], "--dtype lists float32 more than once; list each "
+         "value once"),
+        (["--batch-size", "1,01"], "--batch-size lists 1 more than once (again as 01); list "
+         "each value once"),
     ],
 )
 def test_bad_parity_options_exit_2_with_one_line(
@@ -222,24 +238,230 @@ def test_bad_parity_options_exit_2_with_one_line(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_run_refuses_a_repeated_value_in_the_same_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # One list parser serves both commands.
+    out = tmp_path / "results"
+
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--preset", "smoke", "--batch-size", "32,32", "--out", str(out)])
+
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("xorbench run: error: argument --batch-size: --batch-size lists 32 more "
+                   "than once; list each value once\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_parity_command_prints_and_writes_the_tables(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "parity"
     argv = ["parity", "--optimizer", "sgd", "--batch-size", "150", "--epochs", "2",
-            "--dtype", "float64", "--optimizer-impl", "aligned", "--out", str(out)]
+            "--dtype", "float64", "--optimizer-impl", "aligned", "--lr", "0.1", "--out", str(out)]
 
     assert main(argv) == 0
 
-    printed = capsys.readouterr().out
-    assert "### Parity, float64" in printed
-    assert re.search(r"\| aligned +\| sgd +\| 150 +\|", printed)
+    captured = capsys.readouterr()
+    assert "### Parity, float64" in captured.out
+    assert re.search(r"\| aligned +\| sgd +\| 150 +\|", captured.out)
     assert sorted(p.name for p in out.iterdir()) == [
-        "parity-float64.md", "parity_differences-float64.parquet",
+        "parity-float64.json", "parity-float64.md", "parity_differences-float64.parquet",
         "parity_epochs-float64.parquet", "parity_summary-float64.parquet",
     ]
     epochs = pd.read_parquet(out / "parity_epochs-float64.parquet")
     assert list(epochs["epoch"]) == [0, 1, 2]
+    # The progress bar, on stderr: one comparison (aligned sgd at batch 150), done.
+    assert re.search(r"float64: 100%.*\| 1/1 comparisons", captured.err), captured.err
+
+    record = json.loads((out / "parity-float64.json").read_text())
+    assert record["command"] == (
+        "xorbench parity --dtype float64 --optimizer sgd --batch-size 150 --epochs 2 "
+        f"--optimizer-impl aligned --lr 0.1 --out {out}")
+    assert {key: record[key] for key in ("optimizers", "batch_sizes", "epochs", "lr",
+                                         "tolerance", "impls", "dtype")} == {
+        "optimizers": ["sgd"], "batch_sizes": [150], "epochs": 2, "lr": 0.1,
+        "tolerance": 1e-9, "impls": ["aligned"], "dtype": "float64"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", record["written"])
+    assert f"Made {record['written']} with `{record['command']}`: 2 epochs, lr 0.1." in (
+        (out / "parity-float64.md").read_text())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ParityConfig(dtype="float64", epochs=20),
+        ParityConfig(optimizers=("asgd", "rmsprop"), batch_sizes=(1, 150), epochs=3,
+                     dtype="float32", impls=("native",), tolerance=1e-6, lr=0.1),
+        ParityConfig(optimizers=("adam", "sgd", "asgd", "rmsprop"), epochs=10,
+                     impls=("aligned",), tolerance=1e-5, lr=0.05),
+    ],
+)
+def test_the_recorded_command_makes_the_same_check_again(
+    config: ParityConfig, tmp_path: Path,
+) -> None:
+    # The oracle is the command line itself: parsed as `xorbench parity`, it gives the config.
+    command = parity.parity_command(config, tmp_path / "my dir")
+    words = shlex.split(command)
+
+    args = build_parser().parse_args(words[1:])
+
+    assert words[0] == "xorbench"
+    assert _parity_configs(args) == [config]
+    assert args.out == tmp_path / "my dir"
+
+
+def test_parity_config_default_command_gives_only_dtype_and_out() -> None:
+    assert parity.parity_command(ParityConfig(dtype="float64", epochs=20), Path("p")) == (
+        "xorbench parity --dtype float64 --out p")
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_hides_the_parity_progress_bar(
+    quiet: bool, short_float64: parity.ParityResult, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fake_run(config: ParityConfig, on_comparison_done: parity.ComparisonCallback,
+                 ) -> parity.ParityResult:
+        for comparison in parity.comparisons(config):
+            on_comparison_done(*comparison)
+        return short_float64
+
+    monkeypatch.setattr(parity, "run_parity", fake_run)
+    argv = ["parity", "--dtype", "float64", "--batch-size", "150", *(["-q"] if quiet else [])]
+
+    assert main(argv) == 0
+
+    err = capsys.readouterr().err
+    assert ("8/8 comparisons" in err) is not quiet, err
+    assert "comparisons in" in err  # the closing line stays
+
+
+def test_keras_parity_worker_drops_only_the_retracing_note() -> None:
+    # The logger and the records are pickled to the spawned Keras worker and looked at there.
+    tf_logger = logging.getLogger("tensorflow")
+    retracing = logging.makeLogRecord({
+        "name": "tensorflow", "levelno": logging.WARNING, "levelname": "WARNING",
+        "msg": "5 out of the last 5 calls to <function f> triggered tf.function retracing."})
+    other_warning = logging.makeLogRecord({
+        "name": "tensorflow", "levelno": logging.WARNING, "levelname": "WARNING",
+        "msg": "a warning about something else"})
+    error = logging.makeLogRecord({
+        "name": "tensorflow", "levelno": logging.ERROR, "levelname": "ERROR",
+        "msg": "an error"})
+    context = multiprocessing.get_context("spawn")
+
+    with cf.ProcessPoolExecutor(1, mp_context=context, initializer=parity_worker.init,
+                                initargs=("keras",)) as keras_worker:
+        shown = [keras_worker.submit(logging.Logger.filter, tf_logger, record).result()
+                 for record in (retracing, other_warning, error)]
+        level = keras_worker.submit(logging.Logger.getEffectiveLevel, tf_logger).result()
+
+    assert [bool(s) for s in shown] == [False, True, True]
+    assert level <= logging.WARNING
+
+
+def _as_float32(result: parity.ParityResult, **settings: Any) -> parity.ParityResult:
+    """The float64 result relabelled as a float32 check made with other ``settings``."""
+    config = replace(result.config, dtype="float32", **settings)
+    return replace(result, config=config, summary=result.summary.assign(dtype="float32"))
+
+
+def test_report_shows_what_made_each_float_types_tables(
+    short_float64: parity.ParityResult, tmp_path: Path,
+) -> None:
+    from xorbench.report import parity_markdown_for
+
+    # float64 first; later float32 alone, with other settings, into the same directory.
+    directory = tmp_path / "p2"
+    parity.write_parity(short_float64, directory)
+    parity.write_parity(_as_float32(short_float64, optimizers=("asgd", "rmsprop"),
+                                    batch_sizes=(1, 150), epochs=3), directory)
+    records = {dtype: json.loads((directory / f"parity-{dtype}.json").read_text())
+               for dtype in ("float32", "float64")}
+
+    text = parity_markdown_for(tmp_path, directory)
+
+    assert "Regenerate with" not in text
+    float32, float64 = text.split("### Parity, float32")[1].split("### Parity, float64")
+    assert float32.startswith(
+        f"\n\nMade {records['float32']['written']} with `xorbench parity --dtype float32 "
+        f"--optimizer asgd,rmsprop --batch-size 1,150 --epochs 3 --out {directory}`: "
+        "3 epochs, lr 0.05.\n\n")
+    assert float64.startswith(
+        f"\n\nMade {records['float64']['written']} with `xorbench parity --dtype float64 "
+        f"--batch-size 150 --epochs 3 --out {directory}`: 3 epochs, lr 0.05.\n\n")
+    # The other float type's files are the user's: rewriting float32 left them.
+    assert (directory / "parity_summary-float64.parquet").exists()
+
+
+def test_parity_tables_without_a_record_still_render(
+    short_float64: parity.ParityResult, tmp_path: Path,
+) -> None:
+    from xorbench.report import parity_markdown_for
+
+    parity.write_parity(short_float64, tmp_path / "old")
+    parity.write_parity(_as_float32(short_float64), tmp_path / "old")
+    (tmp_path / "old" / "parity-float64.json").unlink()  # as written before the record
+    (tmp_path / "old" / "parity-float32.json").write_text("{not json")
+
+    text = parity_markdown_for(tmp_path, tmp_path / "old")
+
+    for dtype in ("float32", "float64"):
+        assert (f"### Parity, {dtype}\n\nThe settings these {dtype} tables were made with are "
+                f"not recorded (no readable parity-{dtype}.json beside them)") in text
+
+
+def _runs(optimizers: list[str], batches: list[int], lrs: list[float]) -> pd.DataFrame:
+    rows = [(o, b, lr) for o in optimizers for b in batches for lr in lrs]
+    return pd.DataFrame(rows, columns=["optimizer", "batch_size", "lr"])
+
+
+@pytest.mark.parametrize(
+    ("runs", "sentence"),
+    [
+        (_runs(list(OPTIMIZERS), [150], [0.05]), None),
+        (_runs(["sgd"], [150], [0.05]), "These parity tables were made at lr 0.05 for sgd, "
+         "asgd, rmsprop, adam at batch 150; this run trained at lr 0.05 for sgd at batch 150."),
+        (_runs(list(OPTIMIZERS), [32, 150], [0.05]), "this run trained at lr 0.05 for sgd, "
+         "asgd, rmsprop, adam at batch 32, 150."),
+        (_runs(list(OPTIMIZERS), [150], [0.1, 0.05]), "These parity tables were made at lr "
+         "0.05 for sgd, asgd, rmsprop, adam at batch 150; this run trained at lr 0.05, 0.1 for "
+         "sgd, asgd, rmsprop, adam at batch 150."),
+    ],
+)
+def test_report_says_when_the_parity_tables_do_not_match_the_run(
+    runs: pd.DataFrame, sentence: str | None, short_float64: parity.ParityResult,
+    tmp_path: Path,
+) -> None:
+    from xorbench.report import parity_markdown_for
+
+    parity.write_parity(short_float64, tmp_path / "parity")
+
+    text = parity_markdown_for(tmp_path, None, runs)
+
+    first = text.split("\n\n")[1]
+    if sentence is None:
+        assert first.startswith("Each row trains one run"), first
+    else:
+        assert sentence in first, first
+
+
+def test_an_unrecorded_lr_is_said_and_not_called_a_mismatch(
+    short_float64: parity.ParityResult, tmp_path: Path,
+) -> None:
+    from xorbench.report import parity_markdown_for
+
+    parity.write_parity(short_float64, tmp_path / "parity")
+    (tmp_path / "parity" / "parity-float64.json").unlink()
+
+    matching = parity_markdown_for(tmp_path, None, _runs(list(OPTIMIZERS), [150], [0.1]))
+    other_cells = parity_markdown_for(tmp_path, None, _runs(["sgd"], [150], [0.1]))
+
+    assert "this run trained" not in matching
+    assert ("These parity tables were made at an unrecorded lr for sgd, asgd, rmsprop, adam at "
+            "batch 150; this run trained at lr 0.1 for sgd at batch 150.") in other_cells
 
 
 def test_report_gains_a_parity_section_from_a_parity_directory(
@@ -258,6 +480,10 @@ def test_report_gains_a_parity_section_from_a_parity_directory(
 
     assert "## Framework parity" not in plain
     section = with_parity.split("## Framework parity", 1)[1]
+    # The run trained sgd alone; the tables hold every optimizer.
+    assert section.startswith("\n\nThese parity tables were made at lr 0.05 for sgd, asgd, "
+                              "rmsprop, adam at batch 150; this run trained at lr 0.05 for sgd "
+                              "at batch 150.\n\n")
     assert "### Parity, float64" in section
     assert "| rmsprop     | formula " in section
     assert with_parity.index("## Framework parity") < with_parity.index("## Setup")

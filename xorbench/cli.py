@@ -176,7 +176,9 @@ def _add_parity(commands: Any) -> None:
                         help="largest difference that counts as agreement (default: 1e-5 in "
                         "float32, 1e-9 in float64)")
     parity.add_argument("--lr", type=float, default=0.05, help="learning rate (default: 0.05)")
-    parity.add_argument("--out", type=Path, help="write parquet tables and Markdown here")
+    parity.add_argument("--out", type=Path, help="write parquet tables, Markdown and the "
+                        "settings they were made with (parity-DTYPE.json) here")
+    parity.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,13 +187,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names}
 
 
+def _bar(total: int, unit: str, quiet: bool, desc: str | None = None) -> Any:
+    """A progress bar on stderr counting ``unit``s; hidden with -q."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, disable=quiet, dynamic_ncols=True, desc=desc,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} " + unit
+                + "s [{elapsed}<{remaining}]")
+
+
 def _progress(total_runs: int, runs_per_cell: int, n_cells: int,
               quiet: bool) -> tuple[Any, Any, Any]:
     """A progress bar over runs, and the runner's callbacks that move it."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total_runs, unit="run", disable=quiet, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs [{elapsed}<{remaining}]")
+    bar = _bar(total_runs, "run", quiet)
 
     def on_cell_done(cell: Cell, runs: Any) -> None:
         bad = int((runs["status"] != "ok").sum())
@@ -300,7 +308,7 @@ def _parity_configs(args: argparse.Namespace) -> list[Any]:
 
     impls = OPTIMIZER_IMPLS if args.optimizer_impl == "both" else (args.optimizer_impl,)
     configs = []
-    for dtype in dict.fromkeys(args.dtype):
+    for dtype in args.dtype:
         epochs = args.epochs or DEFAULT_EPOCHS_BY_DTYPE.get(dtype, 1)
         settings: dict[str, Any] = {"epochs": epochs, "dtype": dtype, "impls": impls,
                                     "tolerance": args.tolerance, "lr": args.lr}
@@ -330,11 +338,12 @@ def cmd_parity(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"--out {args.out} cannot be created: {exc.strerror}") from None
 
-    from xorbench.parity import parity_markdown, run_parity, write_parity
+    from xorbench.parity import comparisons, parity_markdown, run_parity, write_parity
 
     for config in configs:
         start = time.perf_counter()
-        result = run_parity(config)
+        with _bar(len(comparisons(config)), "comparison", args.quiet, config.dtype) as bar:
+            result = run_parity(config, on_comparison_done=lambda *_: bar.update())
         print(parity_markdown(result.summary, result.differences))
         print(f"\nxorbench parity: {len(result.summary)} comparisons in "
               f"{time.perf_counter() - start:.1f} s", file=sys.stderr)

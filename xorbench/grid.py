@@ -281,10 +281,28 @@ def validate(axes: Axes) -> None:
 
 
 def parse_list(option: str, text: str, kind: type) -> tuple[Any, ...]:
-    """Split a comma-separated flag value and convert each item, or raise ConfigError."""
+    """Split a comma-separated flag value and convert each item, or raise ConfigError.
+
+    A value listed twice is refused (also as "0.1,0.10"): it would train or compare the
+    same thing twice and give duplicate rows.
+    """
     items = [item.strip() for item in text.split(",")]
     if any(not item for item in items):
         raise ConfigError(f"{option} takes a comma-separated list; received {text!r}")
+    values = _convert(option, text, items, kind)
+
+    first: dict[Any, str] = {}
+    for item, value in zip(items, values, strict=True):
+        if value in first:
+            again = "" if first[value] == item else f" (again as {item})"
+            raise ConfigError(f"{option} lists {first[value]} more than once{again}; "
+                              "list each value once")
+        first[value] = item
+    return values
+
+
+def _convert(option: str, text: str, items: list[str], kind: type) -> tuple[Any, ...]:
+    """The items of a flag value as ``kind``, or ConfigError naming what the flag takes."""
     try:
         if kind is tuple:  # hidden sizes: "3x4,8"
             return tuple(tuple(int(w) for w in item.lower().split("x")) for item in items)

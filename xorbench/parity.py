@@ -20,9 +20,13 @@ a native gap is derived from that table: the rows of the cell's optimizer that d
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
+import logging
 import math
 import multiprocessing
-from collections.abc import Iterator, Mapping, Sequence
+import shlex
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,11 +38,14 @@ import pandas as pd
 from xorbench.adapters import parity_worker
 from xorbench.adapters.base import DTYPES, OPTIMIZER_IMPLS, Trace
 from xorbench.data import N_TRAIN, batch_orders, make_xor
+from xorbench.environment import describe
 from xorbench.grid import Cell
 from xorbench.model import DEFAULT_HIDDEN, glorot_uniform
 from xorbench.optimizers import OPTIMIZERS, PARAM_NAMES, OptimizerSpec
-from xorbench.results import write_atomic
+from xorbench.results import write_atomic, write_json_atomic
 from xorbench.seeds import data_seed, derive_seeds
+
+logger = logging.getLogger(__name__)
 
 # Known shortcomings, to retire when each is built:
 # - ASGD: the traces compare the iterates, not the averaged weights both frameworks evaluate
@@ -144,8 +151,17 @@ def framework_pools() -> Iterator[dict[str, cf.ProcessPoolExecutor]]:
 # Traces and their comparison
 
 
+# Called with (impl, optimizer, batch size) as each comparison's runs have all finished.
+ComparisonCallback = Callable[[str, str, int], None]
+
+
 def _cells(config: ParityConfig) -> list[tuple[str, int]]:
     return [(opt, batch) for opt in config.optimizers for batch in config.batch_sizes]
+
+
+def comparisons(config: ParityConfig) -> list[tuple[str, str, int]]:
+    """Every (impl, optimizer, batch size) compared: one row each in the summary."""
+    return [(impl, opt, batch) for impl in config.impls for opt, batch in _cells(config)]
 
 
 def _requests(config: ParityConfig) -> dict[tuple[str, str, int], parity_worker.TraceRequest]:
@@ -203,26 +219,49 @@ def first_epoch_past(diffs: pd.DataFrame, tolerance: float) -> int | None:
 
 
 def run_traces(
-    config: ParityConfig, pools: Mapping[str, cf.ProcessPoolExecutor]
+    config: ParityConfig, pools: Mapping[str, cf.ProcessPoolExecutor],
+    on_comparison_done: ComparisonCallback | None = None,
 ) -> dict[tuple[str, str, int], Trace]:
-    """Train every side of every cell in the framework workers, both frameworks in parallel."""
+    """Train every side of every cell in the framework workers, both frameworks in parallel.
+
+    ``on_comparison_done(impl, optimizer, batch_size)`` is called once every run a comparison
+    needs has finished: the torch side, that impl's Keras side and, in float32, torch in float64.
+    """
+    requests = _requests(config)
     futures = {
-        key: pools[request.cell.framework].submit(parity_worker.run_trace, request)
-        for key, request in _requests(config).items()
+        pools[request.cell.framework].submit(parity_worker.run_trace, request): key
+        for key, request in requests.items()
     }
-    return {key: future.result() for key, future in futures.items()}
+    waiting = {
+        (impl, opt, batch): {key for key in requests
+                             if key[1:] == (opt, batch) and key[0] in (REFERENCE, EXACT, impl)}
+        for impl, opt, batch in comparisons(config)
+    }
+
+    traces = {}
+    for future in cf.as_completed(futures):
+        finished = futures[future]
+        traces[finished] = future.result()
+        for comparison, needs in list(waiting.items()):
+            needs.discard(finished)
+            if needs:
+                continue
+            del waiting[comparison]
+            logger.info("parity %s: %s %s batch %d trained", config.dtype, *comparison)
+            if on_comparison_done is not None:
+                on_comparison_done(*comparison)
+    return traces
 
 
 def epoch_table(config: ParityConfig, traces: Mapping[tuple[str, str, int], Trace]) -> pd.DataFrame:
     """Tidy per-epoch differences: impl, optimizer, batch_size, epoch and the DIFF_COLUMNS."""
     frames = []
-    for impl in config.impls:
-        for opt, batch in _cells(config):
-            diffs = compare(traces[REFERENCE, opt, batch], traces[impl, opt, batch])
-            diffs.insert(0, "batch_size", batch)
-            diffs.insert(0, "optimizer", opt)
-            diffs.insert(0, "impl", impl)
-            frames.append(diffs)
+    for impl, opt, batch in comparisons(config):
+        diffs = compare(traces[REFERENCE, opt, batch], traces[impl, opt, batch])
+        diffs.insert(0, "batch_size", batch)
+        diffs.insert(0, "optimizer", opt)
+        diffs.insert(0, "impl", impl)
+        frames.append(diffs)
     table = pd.concat(frames, ignore_index=True)
     table.insert(3, "dtype", config.dtype)
     return table
@@ -469,11 +508,17 @@ def _float32_drift(
     return out[0], out[1]
 
 
-def run_parity(config: ParityConfig) -> ParityResult:
-    """Train both frameworks on every cell of ``config`` and compare them."""
+def run_parity(
+    config: ParityConfig, on_comparison_done: ComparisonCallback | None = None
+) -> ParityResult:
+    """Train both frameworks on every cell of ``config`` and compare them.
+
+    ``on_comparison_done`` is called as each comparison's runs finish (see :func:`run_traces`).
+    """
     check_config(config)
+    logger.info("parity %s: %d comparisons", config.dtype, len(comparisons(config)))
     with framework_pools() as pools:
-        traces = run_traces(config, pools)
+        traces = run_traces(config, pools, on_comparison_done)
         settings = {impl: read_settings(config, impl, pools) for impl in config.impls}
     differences = pd.concat(
         [differences_table(settings[impl], config.optimizers, impl) for impl in config.impls],
@@ -489,6 +534,10 @@ def run_parity(config: ParityConfig) -> ParityResult:
 
 # File names in a parity directory, one set per float type: parity_summary-float64.parquet ...
 PARITY_FILES: tuple[str, ...] = ("summary", "epochs", "differences")
+# What a settings record must hold for the report to read it (see parity_record).
+RECORD_TYPES: Mapping[str, type | tuple[type, ...]] = {
+    "command": str, "written": str, "epochs": int, "lr": (int, float),
+}
 
 
 def _text(value: Any) -> str:
@@ -511,11 +560,67 @@ def parity_path(directory: Path, kind: str, dtype: str) -> Path:
     return Path(directory) / f"parity_{kind}-{dtype}.parquet"
 
 
+def record_path(directory: Path, dtype: str) -> Path:
+    """Where the settings a ``dtype`` check was made with are written (``parity-<dtype>.json``)."""
+    return Path(directory) / f"parity-{dtype}.json"
+
+
+def parity_command(config: ParityConfig, directory: Path) -> str:
+    """The ``xorbench parity`` command that writes these tables again.
+
+    Every option off its command-line default is given, ``--tolerance`` whenever one was, and
+    ``--dtype`` always: the tables of each float type are made on their own. ``hidden`` and
+    ``base_seed`` have no flag; the record holds them.
+    """
+    words = ["xorbench", "parity", "--dtype", config.dtype]
+    if config.optimizers != OPTIMIZERS:
+        words += ["--optimizer", ",".join(config.optimizers)]
+    if config.batch_sizes != DEFAULT_BATCH_SIZES:
+        words += ["--batch-size", ",".join(map(str, config.batch_sizes))]
+    if config.epochs != DEFAULT_EPOCHS_BY_DTYPE.get(config.dtype):
+        words += ["--epochs", str(config.epochs)]
+    if set(config.impls) != set(OPTIMIZER_IMPLS):
+        words += ["--optimizer-impl", config.impls[0]]
+    if config.tolerance is not None:
+        words += ["--tolerance", repr(config.tolerance)]
+    if config.lr != DEFAULT_LR:
+        words += ["--lr", repr(config.lr)]
+    return shlex.join([*words, "--out", str(directory)])
+
+
+def parity_record(config: ParityConfig, directory: Path) -> dict[str, Any]:
+    """What a check was made with: its settings, the command that repeats it, when and where."""
+    return {
+        "dtype": config.dtype,
+        "optimizers": list(config.optimizers),
+        "batch_sizes": list(config.batch_sizes),
+        "epochs": config.epochs,
+        "lr": config.lr,
+        "tolerance": config.tol,
+        "impls": list(config.impls),
+        "hidden": list(config.hidden),
+        "base_seed": config.base_seed,
+        "command": parity_command(config, directory),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": describe(),
+    }
+
+
 def write_parity(result: ParityResult, directory: Path) -> Path:
-    """Write the three tables as parquet and the Markdown as ``parity-<dtype>.md``; its path."""
+    """Write the tables as parquet, the Markdown as ``parity-<dtype>.md`` and the settings
+    record as ``parity-<dtype>.json``; the Markdown's path.
+
+    Files of other float types in ``directory`` are left as they are; their own records say
+    what made them.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = result.config.dtype
+    record = parity_record(result.config, directory)
+    # The old record goes first and the new one comes last: a write that stops halfway leaves
+    # tables without a record ("not recorded"), never new tables under old settings.
+    record_path(directory, dtype).unlink(missing_ok=True)
+
     tables = {
         "summary": result.summary,
         "epochs": result.epochs,
@@ -524,19 +629,63 @@ def write_parity(result: ParityResult, directory: Path) -> Path:
     for kind, frame in tables.items():
         write_atomic(frame, parity_path(directory, kind, dtype))
     path = directory / f"parity-{dtype}.md"
-    path.write_text(parity_markdown(result.summary, tables["differences"]) + "\n", "utf-8")
+    text = parity_markdown(result.summary, tables["differences"], made_with_markdown(record, dtype))
+    path.write_text(text + "\n", "utf-8")
+
+    write_json_atomic(record, record_path(directory, dtype))
     return path
 
 
-def read_parity(directory: Path) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
-    """(summary, differences) of every float type found in ``directory``, float32 first."""
+@dataclass(frozen=True)
+class ParityTables:
+    """One float type's tables as read back; ``record`` is None where none was written."""
+
+    summary: pd.DataFrame
+    differences: pd.DataFrame
+    record: dict[str, Any] | None
+
+
+def read_record(directory: Path, dtype: str) -> dict[str, Any] | None:
+    """The settings record of a ``dtype`` check; None when missing or not readable as one."""
+    path = record_path(directory, dtype)
+    try:
+        record = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        logger.warning("%s cannot be read (%s); its tables count as not recorded", path, exc)
+        return None
+    if not isinstance(record, dict) or any(
+        not isinstance(record.get(key), kind) for key, kind in RECORD_TYPES.items()
+    ):
+        logger.warning("%s is not a parity settings record; its tables count as not recorded",
+                       path)
+        return None
+    return record
+
+
+def read_parity(directory: Path) -> list[ParityTables]:
+    """The tables and settings record of every float type found in ``directory``, float32
+    first."""
     found = []
     for dtype in DTYPES:
         summary = parity_path(directory, "summary", dtype)
         if summary.exists():
             differences = pd.read_parquet(parity_path(directory, "differences", dtype))
-            found.append((pd.read_parquet(summary), differences))
+            found.append(ParityTables(pd.read_parquet(summary), differences,
+                                      read_record(directory, dtype)))
     return found
+
+
+def made_with_markdown(record: Mapping[str, Any] | None, dtype: str) -> str:
+    """One line: the command, time, epochs and lr a check was made with, or that they are not
+    recorded (tables written before xorbench kept ``parity-<dtype>.json``)."""
+    if record is None:
+        return (f"The settings these {dtype} tables were made with are not recorded (no "
+                f"readable parity-{dtype}.json beside them); running `xorbench parity` again "
+                "records them.")
+    return (f"Made {record['written']} with `{record['command']}`: {record['epochs']} epochs, "
+            f"lr {record['lr']:g}.")
 
 
 def _sci(value: float) -> str:
@@ -569,8 +718,12 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return str(shown.to_markdown(index=False, disable_numparse=True))
 
 
-def parity_markdown(summary: pd.DataFrame, differences: pd.DataFrame) -> str:
-    """Both tables of one float type, with a line saying what they compare."""
+def parity_markdown(summary: pd.DataFrame, differences: pd.DataFrame, made_with: str = "") -> str:
+    """Both tables of one float type, with a line saying what they compare.
+
+    ``made_with``, when given, follows the heading: what made the tables (see
+    :func:`made_with_markdown`).
+    """
     first = summary.iloc[0]
     epochs_note = (
         f"Lightning against Keras, {first['dtype']}, same initial weights and batch order; "
@@ -585,6 +738,7 @@ def parity_markdown(summary: pd.DataFrame, differences: pd.DataFrame) -> str:
     native = differences[differences["impl"] == differences["impl"].iloc[0]]
     return "\n\n".join([
         f"### Parity, {first['dtype']}",
+        *([made_with] if made_with else []),
         epochs_note,
         summary_markdown(summary),
         f"### Framework differences ({first['dtype']}, read from the live optimizer objects)",

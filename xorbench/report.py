@@ -37,7 +37,7 @@ from xorbench.bench import find_bench_files, load_benchmarks, speed_markdown
 from xorbench.data import N_TRAIN, make_xor
 from xorbench.grid import Cell
 from xorbench.optimizers import OPTIMIZERS
-from xorbench.parity import parity_markdown, read_parity
+from xorbench.parity import ParityTables, made_with_markdown, parity_markdown, read_parity
 from xorbench.regions import WeightsClassifier, plot_regions
 from xorbench.results import CELL_KEYS, ResultsDirError
 
@@ -1266,7 +1266,7 @@ def write_report(
     res = load_results(Path(results_dir))
     # Read before any figure is drawn, so that a bad benchmark file stops the report at once.
     speed_text = speed_markdown_for(Path(results_dir), bench)
-    parity_text = parity_markdown_for(Path(results_dir), parity)
+    parity_text = parity_markdown_for(Path(results_dir), parity, res.runs)
     out_dir = Path(out_dir)
     figures_dir = out_dir / FIGURES
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -1328,10 +1328,14 @@ def _assemble(res: Results, title: str, curves: list[FigureEntry], accuracy: Fig
 # Speed section (pytest-benchmark JSON, see xorbench.bench)
 
 
-def parity_markdown_for(results_dir: Path, directory: Path | None) -> str:
+def parity_markdown_for(
+    results_dir: Path, directory: Path | None, runs: pd.DataFrame | None = None
+) -> str:
     """The "Framework parity" section from ``directory`` (default ``results_dir/parity``).
 
-    "" when there is no parity table: the section is only written from measured results.
+    "" when there is no parity table: the section is only written from measured results. With
+    the run's ``runs`` table, a sentence under the heading says where the tables were made at
+    another lr or over other optimizers or batch sizes than the run trained.
     """
     directory = directory if directory is not None else results_dir / "parity"
     found = read_parity(directory) if directory.is_dir() else []
@@ -1343,11 +1347,55 @@ def parity_markdown_for(results_dir: Path, directory: Path | None) -> str:
         "library's own optimizer with equal hyperparameters (what `xorbench run` uses by "
         "default); `aligned` runs Keras optimizers that implement torch's formulas "
         "(`xorbench run --optimizer-impl aligned`). The cause of a gap is read off the "
-        "framework-differences table below it. Regenerate with `xorbench parity --dtype "
-        f"float32,float64 --out {directory}`."
+        "framework-differences table below it. Each float type says the command that made "
+        "its tables, and when."
     )
-    parts = [parity_markdown(summary, differences) for summary, differences in found]
-    return "\n\n".join(["## Framework parity", intro, *parts])
+    scope = parity_scope_markdown(found, runs) if runs is not None else ""
+    parts = [
+        parity_markdown(t.summary, t.differences,
+                        made_with_markdown(t.record, str(t.summary["dtype"].iloc[0])))
+        for t in found
+    ]
+    return "\n\n".join(["## Framework parity", *([scope] if scope else []), intro, *parts])
+
+
+def _scope(lrs: list[float] | None, optimizers: set[str], batches: set[int]) -> str:
+    """"at lr 0.05 for sgd, adam at batch 1, 150"; an unknown lr is said to be unrecorded."""
+    at = "at an unrecorded lr" if lrs is None else "at lr " + ", ".join(f"{lr:g}" for lr in lrs)
+    ordered = [opt for opt in OPTIMIZERS if opt in optimizers]
+    return f"{at} for {', '.join(ordered)} at batch {', '.join(map(str, sorted(batches)))}"
+
+
+def _cells_of(
+    frame: pd.DataFrame, lrs: list[float] | None
+) -> tuple[list[float] | None, set[str], set[int]]:
+    """The lrs given, and the optimizers and batch sizes of a runs or parity summary table."""
+    return lrs, {str(o) for o in frame["optimizer"]}, {int(b) for b in frame["batch_size"]}
+
+
+def parity_scope_markdown(found: Sequence[ParityTables], runs: pd.DataFrame) -> str:
+    """One sentence when the parity tables were made at another lr, or over other optimizers or
+    batch sizes, than the run in ``runs`` trained; "" when every float type matches it."""
+    trained = _cells_of(runs, sorted({float(lr) for lr in runs["lr"]}))
+    made = {}
+    for check in found:
+        lrs = None if check.record is None else [float(check.record["lr"])]
+        made[str(check.summary["dtype"].iloc[0])] = _cells_of(check.summary, lrs)
+
+    def matches(lrs: list[float] | None, optimizers: set[str], batches: set[int]) -> bool:
+        # An unrecorded lr is no mismatch: nothing says it differs.
+        return lrs in (None, trained[0]) and (optimizers, batches) == trained[1:]
+
+    if all(matches(*scope) for scope in made.values()):
+        return ""
+
+    said = {dtype: _scope(*scope) for dtype, scope in made.items()}
+    if len(set(said.values())) == 1:
+        tables = f"These parity tables were made {next(iter(said.values()))}"
+    else:
+        tables = "The " + ", the ".join(f"{dtype} parity tables were made {text}"
+                                       for dtype, text in said.items())
+    return f"{tables}; this run trained {_scope(*trained)}."
 
 
 def speed_markdown_for(results_dir: Path, files: Sequence[Path] | None) -> str:

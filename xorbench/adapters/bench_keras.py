@@ -19,7 +19,6 @@ Importing this module starts TensorFlow; keep it out of any process that imports
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,16 +37,6 @@ from xorbench.grid import Cell
 from xorbench.model import Weights
 
 FRAMEWORKS: tuple[str, ...] = ("keras",)
-
-# TensorFlow warns when one tf.function retraces often; a benchmark builds a fresh model every
-# round on purpose, and each model traces its own training function once.
-_RETRACING = "triggered tf.function retracing"
-
-
-class _DropRetracingNote(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return _RETRACING not in str(record.msg)
-
 
 class _Gate(keras.callbacks.Callback):
     """Calls the PausedFit's hooks: at the first timed epoch's start and at the end of training."""
@@ -149,13 +138,6 @@ def _batched(cell: Cell, data: Dataset, initials: Sequence[Weights], orders: np.
     recorder = kb._SeedRecorder(data, seeds, cell.epochs, steps)
     batches = kb.batch_pipeline(orders, cell.batch_size, cell.epochs)
     return KerasRun(model, batches, recorder, cell.epochs, steps, warmup, kb.JIT_COMPILE)
-
-
-def quiet_retracing_notes() -> None:
-    """Drop TensorFlow's retracing warning, expected when every round builds a fresh model."""
-    logger = logging.getLogger("tensorflow")
-    if not any(isinstance(f, _DropRetracingNote) for f in logger.filters):
-        logger.addFilter(_DropRetracingNote())
 
 
 def prepare(cell: Cell, data: Dataset, initials: Sequence[Weights], orders: np.ndarray,

@@ -519,3 +519,20 @@ def test_intro_leaves_the_implementation_out_without_keras_rmsprop_or_adam(
 
     assert "(`native`" not in intro
     assert "aligned" not in intro
+
+
+def test_a_resumed_run_lists_each_session_with_its_code_and_workers() -> None:
+    manifest = {"sessions": [
+        "2026-01-02T03:04:05+0000",  # a manifest written before sessions were described
+        {"started": "2026-01-03T00:00:00+0000", "workers": 2, "scheduler": None,
+         "git_commit": "abc", "code_digest": "0123456789ab"},
+        {"started": "2026-01-04T00:00:00+0000", "workers": 4, "scheduler": "tcp://127.0.0.1:1",
+         "git_commit": "def", "code_digest": "ba9876543210"},
+    ]}
+
+    items = dict(report._machine_items(manifest))
+
+    assert items["sessions (resumed)"] == (
+        "2026-01-02T03:04:05+0000; 2026-01-03T00:00:00+0000 (2 local workers, commit abc, code "
+        "0123456789ab); 2026-01-04T00:00:00+0000 (Dask tcp://127.0.0.1:1, commit def, code "
+        "ba9876543210)")

@@ -100,8 +100,25 @@ def test_a_torn_part_is_detected_and_rerun(tmp_path: Path) -> None:
 def test_a_different_config_in_the_same_directory_is_refused(tmp_path: Path) -> None:
     results.start(tmp_path, build_experiment("smoke"), workers=1)
 
-    with pytest.raises(results.ResultsDirError, match="holds results of a different config"):
+    with pytest.raises(results.ResultsDirError) as info:
         results.start(tmp_path, build_experiment("smoke", overrides={"seeds": 9}), workers=1)
+
+    assert str(info.value) == (
+        f"{tmp_path} holds results of a different config (seeds 3 there, 9 here); choose "
+        "another --out, or pass --restart to delete them and start over")
+
+
+def test_a_changed_config_names_what_changed_and_how_much_more() -> None:
+    old = {"seeds": 3, "epochs": [20], "lr": [0.05], "target": 0.9, "cells": ["a"]}
+    new = {"seeds": 5, "epochs": [30], "lr": [0.1], "target": 0.8, "cells": ["b"]}
+
+    assert results.config_changes(old, new) == (
+        "epochs [20] there, [30] here; lr [0.05] there, [0.1] here; seeds 3 there, 5 here; "
+        "and 1 more")
+    # The cells follow from the other settings; they are named only when nothing else differs.
+    assert results.config_changes({"cells": ["a"]}, {"cells": ["b"]}) == (
+        'cells ["a"] there, ["b"] here')
+    assert results.config_changes(None, new) == "its manifest records no config"
 
 
 def test_epochs_to_target_and_worker_split() -> None:
@@ -111,3 +128,27 @@ def test_epochs_to_target_and_worker_split() -> None:
     assert split_workers(4, {"lightning": 1.0, "keras": 3.0}) == {"lightning": 1, "keras": 3}
     assert split_workers(3, {"keras": 1.0}) == {"keras": 3}
     assert split_workers(1, {"lightning": 1.0, "keras": 1.0}) == {"lightning": 1, "keras": 1}
+
+
+def test_each_session_is_recorded_and_a_code_change_is_warned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from xorbench import environment
+
+    experiment = build_experiment("smoke")
+    real_digest = environment.code_digest()[:12]
+    results.start(tmp_path, experiment, workers=2)
+    results.start(tmp_path, experiment, workers=1, scheduler="tcp://127.0.0.1:8786")
+    assert "other xorbench's code" not in caplog.text  # the same code: nothing to say
+
+    monkeypatch.setattr(environment, "code_digest", lambda: "0" * 64)
+    with caplog.at_level("WARNING", logger="xorbench.results"):
+        results.start(tmp_path, experiment, workers=1)
+
+    sessions = results.read_manifest(tmp_path)["sessions"]
+    assert [(s["workers"], s["scheduler"]) for s in sessions] == [
+        (2, None), (1, "tcp://127.0.0.1:8786"), (1, None)]
+    assert sessions[0]["code_digest"] == sessions[1]["code_digest"] == real_digest
+    assert sessions[2]["code_digest"] == "0" * 12
+    assert "resuming with other xorbench's code than the session of" in caplog.text
+    assert "library versions" not in caplog.text

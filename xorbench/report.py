@@ -1111,6 +1111,16 @@ def _configured_cells(experiment: dict[str, Any]) -> pd.DataFrame:
     return cells[[*first, *(c for c in cells.columns if c not in first)]]
 
 
+def _session_text(session: Any) -> str:
+    """One session of a resumed run: when, on what, and with which code."""
+    if not isinstance(session, dict):  # manifests before sessions were described
+        return str(session)
+    where = (f"Dask {session['scheduler']}" if session.get("scheduler")
+             else f"{session.get('workers')} local workers")
+    return (f"{session.get('started')} ({where}, commit {session.get('git_commit')}, code "
+            f"{session.get('code_digest')})")
+
+
 def _machine_items(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
     """Machine, commit and times from the manifest; a resumed run lists its sessions."""
     sessions = manifest.get("sessions") or []
@@ -1122,7 +1132,8 @@ def _machine_items(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
         ("git commit", manifest.get("git_commit")),
         ("started", manifest.get("started")),
         ("finished", manifest.get("finished")),
-        *([("sessions (resumed)", ", ".join(map(str, sessions)))] if len(sessions) > 1 else []),
+        *([("sessions (resumed)", "; ".join(map(_session_text, sessions)))]
+          if len(sessions) > 1 else []),
         ("wall time", _wall_time(manifest)),
     ]
 

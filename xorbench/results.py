@@ -171,11 +171,31 @@ def check_target(path: Path, experiment: Any | None) -> None:
         )
     if experiment is not None and is_results_dir(path):
         old = read_manifest(path).get("experiment")
-        if old != _normalised(experiment.to_dict()):
+        new = _normalised(experiment.to_dict())
+        if old != new:
             raise ResultsDirError(
-                f"{path} holds results of a different config; choose another --out, "
-                "or pass --restart to delete them and start over"
+                f"{path} holds results of a different config ({config_changes(old, new)}); "
+                "choose another --out, or pass --restart to delete them and start over"
             )
+
+
+def config_changes(old: Any, new: dict[str, Any], shown: int = 3) -> str:
+    """The settings that differ, as 'epochs 20 there, 31 here; ...' (the first ``shown``).
+
+    ``cells`` is derived from the other settings and is named only when nothing else differs.
+    """
+    if not isinstance(old, dict):
+        return "its manifest records no config"
+
+    def brief(value: Any) -> str:
+        text = json.dumps(value) if value is not None else "unset"
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    named = [k for k in keys if k != "cells"] or keys
+    changes = [f"{k} {brief(old.get(k))} there, {brief(new.get(k))} here" for k in named[:shown]]
+    more = len(named) - shown
+    return "; ".join(changes) + (f"; and {more} more" if more > 0 else "")
 
 
 # What a run writes into its results directory, and so what ``--restart`` deletes. Anything
@@ -244,18 +264,29 @@ def start(
     ``workers`` counts local worker processes, or the Dask cluster's worker threads when this
     session runs on the Dask scheduler at ``scheduler`` (None: this machine).
     """
-    from xorbench.environment import describe
+    from xorbench.environment import code_digest, describe
 
     check_target(path, experiment)
     (path / PARTS).mkdir(parents=True, exist_ok=True)
     previous = read_manifest(path) if is_results_dir(path) else {}
-    manifest = {
-        "experiment": _normalised(experiment.to_dict()),
-        **describe(),
+    machine = describe()
+    session = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "workers": workers,
         "scheduler": scheduler,
-        "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "sessions": [*previous.get("sessions", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")],
+        "git_commit": machine["git_commit"],
+        "code_digest": code_digest()[:12],
+        "versions": machine["versions"],
+    }
+    sessions = [*previous.get("sessions", []), session]
+    _warn_if_code_changed(sessions)
+    manifest = {
+        "experiment": _normalised(experiment.to_dict()),
+        **machine,
+        "workers": workers,
+        "scheduler": scheduler,
+        "started": previous.get("started") or session["started"],
+        "sessions": sessions,
         "finished": None,
         # Training time of the sessions that finished; an interrupted session is not timed.
         "wall_s": previous.get("wall_s") if previous.get("finished") else None,
@@ -264,6 +295,22 @@ def start(
     }
     write_json_atomic(manifest, path / MANIFEST)
     return manifest
+
+
+def _warn_if_code_changed(sessions: list[Any]) -> None:
+    """Warn when this session runs other xorbench code or libraries than an earlier one.
+
+    Resuming keeps the earlier sessions' cells, so their results and this session's would come
+    from different code: allowed (most edits do not change training), but said.
+    """
+    *earlier, now = sessions
+    for keys in (("code_digest", "xorbench's code"), ("versions", "library versions")):
+        key, what = keys
+        before = [s[key] for s in earlier if isinstance(s, dict) and key in s]
+        if before and before[-1] != now[key]:
+            logger.warning("resuming with other %s than the session of %s: its finished cells "
+                           "are kept as they were trained; pass --restart to train every cell "
+                           "with this code", what, earlier[-1].get("started"))
 
 
 def finish(path: Path, manifest: dict[str, Any]) -> None:

@@ -156,9 +156,10 @@ def test_f3_keras_asgd_is_not_sgd_under_another_name(short_float64: parity.Parit
     # by far more than the float64 gap between the frameworks, and by the same amount in both.
     traces = short_float64.traces
 
-    keras_gap = np.abs(traces["native", "asgd", 150].weights - traces["native", "sgd", 150].weights)
-    torch_gap = np.abs(traces["lightning", "asgd", 150].weights
-                       - traces["lightning", "sgd", 150].weights)
+    keras_gap = np.abs(traces["native", "asgd", 150, 0].weights
+                       - traces["native", "sgd", 150, 0].weights)
+    torch_gap = np.abs(traces["lightning", "asgd", 150, 0].weights
+                       - traces["lightning", "sgd", 150, 0].weights)
     assert keras_gap[1:].max() > 1e-7
     np.testing.assert_allclose(keras_gap, torch_gap, atol=1e-12)
 
@@ -487,3 +488,207 @@ def test_report_gains_a_parity_section_from_a_parity_directory(
     assert "### Parity, float64" in section
     assert "| rmsprop     | formula " in section
     assert with_parity.index("## Framework parity") < with_parity.index("## Setup")
+
+
+# ---------------------------------------------------------------------------------------------
+# Several seeds per cell (--seeds)
+
+
+def _seed_epochs(
+    diffs_by_seed: dict[int, tuple[list[float], list[float]]],
+) -> tuple[pd.DataFrame, ParityConfig, dict[parity.TraceKey, Trace]]:
+    """An epoch table of one comparison (aligned sgd at batch 150) from each seed's per-epoch
+    loss and weight differences; a shorter list is a Keras run that stopped early."""
+    config = ParityConfig(optimizers=("sgd",), batch_sizes=(150,), dtype="float64",
+                          impls=("aligned",), seeds=len(diffs_by_seed))
+    epochs = max(len(losses) for losses, _ in diffs_by_seed.values())
+    traces = {}
+    for seed, (losses, weights) in diffs_by_seed.items():
+        traces["lightning", "sgd", 150, seed] = _trace([0.5] * epochs, [[0.0]] * (epochs + 1))
+        traces["aligned", "sgd", 150, seed] = _trace(
+            [0.5 + d for d in losses], [[0.0], *([w] for w in weights)])
+    return parity.epoch_table(config, traces), config, traces
+
+
+def test_the_summary_reports_each_cells_worst_seed() -> None:
+    # Seed 1 has the largest loss difference, seed 2 the largest weight difference and the
+    # largest of any kind; seeds 1 and 2 pass the tolerance 0.05, seed 1 first.
+    epochs, config, traces = _seed_epochs({
+        0: ([0.0, 0.0], [0.0, 0.0]),
+        1: ([0.3, 0.0], [0.01, 0.1]),
+        2: ([0.01, 0.02], [0.0, 0.5]),
+    })
+    no_differences = pd.DataFrame(columns=["impl", "optimizer", "hyperparameter", "torch",
+                                           "keras", "difference"])
+
+    summary = parity.summary_table(replace(config, tolerance=0.05), epochs, traces,
+                                   no_differences)
+
+    row = summary.iloc[0]
+    assert list(epochs["seed"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert (row["seeds"], row["worst_seed"], row["max_loss_seed"], row["max_weight_seed"]) == (
+        3, 2, 1, 2)
+    assert (row["max_loss_diff"], row["max_weight_diff"]) == pytest.approx((0.3, 0.5))
+    assert (row["first_epoch_past"], row["seeds_past"]) == (1, 2)
+    assert row["cause"] == "unexplained: rounding (float operation order)"
+
+
+def test_a_seed_that_stopped_early_is_the_worst_seed() -> None:
+    # Seed 0's differences are larger, but seed 1 stopped after one epoch (diverged).
+    epochs, config, traces = _seed_epochs({0: ([0.01, 0.01], [0.01, 0.01]), 1: ([0.0], [0.0])})
+    no_differences = pd.DataFrame(columns=["impl", "optimizer", "difference"])
+
+    row = parity.summary_table(config, epochs, traces, no_differences).iloc[0]
+
+    assert (row["worst_seed"], row["max_weight_seed"], row["seeds_past"]) == (1, 0, 2)
+
+
+@pytest.fixture(scope="module")
+def three_seeds() -> parity.ParityResult:
+    """RMSprop at full batch, 3 epochs, float32, native and aligned, seeds 0 to 2."""
+    return run_parity(ParityConfig(optimizers=("rmsprop",), batch_sizes=(150,), epochs=3,
+                                   dtype="float32", seeds=3))
+
+
+def test_every_cell_is_trained_and_compared_for_each_seed(
+    three_seeds: parity.ParityResult,
+) -> None:
+    epochs = three_seeds.epochs
+
+    assert list(epochs.columns[:6]) == ["impl", "optimizer", "batch_size", "dtype", "seed",
+                                        "epoch"]
+    for impl in ("native", "aligned"):
+        rows = epochs[epochs["impl"] == impl]
+        assert sorted(rows.groupby("seed")["epoch"].apply(list).items()) == [
+            (seed, [0, 1, 2, 3]) for seed in range(3)]
+    # Three starts: the seeds are not one run repeated.
+    starts = {tuple(three_seeds.traces["lightning", "rmsprop", 150, s].weights[0])
+              for s in range(3)}
+    assert len(starts) == 3
+
+
+def test_the_summary_holds_the_largest_differences_over_the_seeds(
+    three_seeds: parity.ParityResult,
+) -> None:
+    # Oracle: plain pandas over the epoch table, and the traces themselves for the drift.
+    tol = three_seeds.config.tol
+    for _, row in three_seeds.summary.iterrows():
+        rows = three_seeds.epochs[three_seeds.epochs["impl"] == row["impl"]]
+        by_seed = rows.groupby("seed")
+        loss = by_seed[["loss_diff", "val_loss_diff"]].max().max(axis=1)
+        weight = by_seed["weight_diff"].max()
+        largest = by_seed[list(parity.DIFF_COLUMNS)].max().max(axis=1)
+        past = rows[(rows[list(parity.DIFF_COLUMNS)] > tol).any(axis=1)].groupby("seed")["epoch"]
+
+        assert (row["max_loss_diff"], row["max_loss_seed"]) == (loss.max(), loss.idxmax())
+        assert (row["max_weight_diff"], row["max_weight_seed"]) == (weight.max(), weight.idxmax())
+        assert row["worst_seed"] == largest.idxmax()
+        assert row["seeds_past"] == past.ngroups
+        assert (pd.isna(row["first_epoch_past"]) if past.ngroups == 0
+                else row["first_epoch_past"] == past.min().min())
+        worst = row["worst_seed"]
+        exact = three_seeds.traces[parity.EXACT, "rmsprop", 150, worst].weights
+        torch_side = three_seeds.traces["lightning", "rmsprop", 150, worst].weights
+        assert row["float32_drift_torch"] == np.abs(torch_side - exact).max()
+    # The seeds differ enough that seed 0 alone would misreport a cell.
+    summary = three_seeds.summary
+    assert (summary[["worst_seed", "max_loss_seed", "max_weight_seed"]] != 0).any().any()
+    native = _row(summary, "native", "rmsprop")
+    assert (native["first_epoch_past"], native["seeds_past"]) == (1, 3)
+    assert native["cause"].startswith("formula: torch p -= lr")
+
+
+def test_parity_seed_i_starts_where_xorbench_run_seed_i_does(
+    three_seeds: parity.ParityResult,
+) -> None:
+    # Oracle: the runner's own seeds for a three-seed run of the cell, its own initial weights,
+    # and a Lightning run it trains of each seed (same batch order: same final weights).
+    from xorbench.adapters import lightning
+    from xorbench.grid import build_experiment
+    from xorbench.model import flatten, glorot_uniform
+    from xorbench.runner import cell_frames, cell_tasks
+
+    experiment = build_experiment("smoke", None, {
+        "seeds": 3, "framework": ("lightning",), "optimizer": ("rmsprop",),
+        "batch_size": (150,), "epochs": (3,), "lr": (0.05,)})
+    task = cell_tasks(experiment, experiment.cells)[0]
+    frames = cell_frames(task, lightning.fit)
+
+    for run, params in zip(task.seeds, frames.weights["params"], strict=True):
+        initial = flatten(glorot_uniform(experiment.cells[0].hidden, run.init_seed))
+        for side in ("lightning", "native", "aligned"):
+            trace = three_seeds.traces[side, "rmsprop", 150, run.seed]
+            np.testing.assert_array_equal(trace.weights[0], initial)
+        torch_final = three_seeds.traces["lightning", "rmsprop", 150, run.seed].weights[-1]
+        np.testing.assert_array_equal(torch_final.astype(np.float32), params)
+
+
+def test_the_report_and_the_tables_say_how_many_seeds(
+    three_seeds: parity.ParityResult, tmp_path: Path,
+) -> None:
+    from xorbench.report import parity_markdown_for
+
+    parity.write_parity(three_seeds, tmp_path / "parity")
+    text = parity_markdown_for(tmp_path, None)
+    record = json.loads((tmp_path / "parity" / "parity-float32.json").read_text())
+
+    assert record["seeds"] == 3
+    assert "Each row trains one run in Lightning and one in Keras per seed (seeds 0 to 2, " in text
+    assert f"`{record['command']}`: 3 epochs, lr 0.05, 3 seeds." in text
+    worst = _row(three_seeds.summary, "aligned", "rmsprop")
+    assert re.search(
+        rf"\| aligned +\| rmsprop +\| 150 +\| {worst['worst_seed']} +\| \S+ \(seed "
+        rf"{worst['max_loss_seed']}\) +\| \S+ \(seed {worst['max_weight_seed']}\) +\| \S+ +\| "
+        rf"{worst['seeds_past']}/3 +\|", text), text
+    epochs = pd.read_parquet(tmp_path / "parity" / "parity_epochs-float32.parquet")
+    assert sorted(set(epochs["seed"])) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("value", ["0", "101", "-1", "2.5", "five", ""])
+def test_bad_seeds_exit_2_with_one_line_naming_the_range(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+
+    with pytest.raises(SystemExit) as info:
+        main(["parity", "--seeds", value, "--out", str(out)])
+
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "xorbench parity: error: argument --seeds: --seeds must be an integer from 1 to 100; "
+        f"received {value!r}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_parity_config_with_bad_seeds_is_refused() -> None:
+    for seeds in (0, 101, 2.0, True):
+        with pytest.raises(ValueError, match=rf"^seeds must be an integer from 1 to 100; "
+                           rf"received {re.escape(repr(seeds))}$"):
+            parity.check_config(ParityConfig(seeds=seeds))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seeds", [1, 2, 100])
+def test_the_recorded_command_gives_the_seeds_again(seeds: int, tmp_path: Path) -> None:
+    config = ParityConfig(optimizers=("adam",), batch_sizes=(1,), epochs=5, seeds=seeds)
+
+    words = shlex.split(parity.parity_command(config, tmp_path))
+
+    assert ("--seeds" in words) is (seeds != 1)
+    assert _parity_configs(build_parser().parse_args(words[1:])) == [config]
+
+
+def test_the_report_says_the_seeds_of_each_float_type_when_they_differ(
+    three_seeds: parity.ParityResult, short_float64: parity.ParityResult, tmp_path: Path,
+) -> None:
+    from xorbench.report import parity_markdown_for
+
+    parity.write_parity(three_seeds, tmp_path / "parity")
+    parity.write_parity(short_float64, tmp_path / "parity")
+
+    text = parity_markdown_for(tmp_path, None)
+
+    assert ("Each row trains one run in Lightning and one in Keras per seed (float32: seeds 0 to "
+            "2; float64: seed 0, each from the initial weights and batch order `xorbench run` "
+            "gives it), compares them after every epoch and shows the worst seed.") in text
+    float64 = text.split("### Parity, float64")[1]
+    assert "worst seed" not in float64.split("### Framework differences")[0]

@@ -19,7 +19,14 @@ from typing import Any, NoReturn
 from xorbench.adapters.base import DTYPES, ENGINES, OPTIMIZER_IMPLS
 from xorbench.bench import BenchFileError
 from xorbench.cluster import ClusterError, parse_scheduler
-from xorbench.grid import PRESETS, Cell, ConfigError, build_experiment, parse_list
+from xorbench.grid import (
+    MAX_PARITY_SEEDS,
+    PRESETS,
+    Cell,
+    ConfigError,
+    build_experiment,
+    parse_list,
+)
 from xorbench.results import ResultsDirError, check_target, check_unlocked, is_results_dir
 from xorbench.seeds import SEED_DESIGNS
 
@@ -43,14 +50,16 @@ def _list(kind: type, option: str) -> Any:
     return parse
 
 
-def _positive_int(option: str) -> Any:
+def _positive_int(option: str, upper: int | None = None) -> Any:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{option} must be an integer >= 1; received {text!r}")
+        if value < 1 or (upper is not None and value > upper):
+            allowed = ">= 1" if upper is None else f"from 1 to {upper}"
+            raise argparse.ArgumentTypeError(
+                f"{option} must be an integer {allowed}; received {text!r}")
         return value
 
     return parse
@@ -176,6 +185,10 @@ def _add_parity(commands: Any) -> None:
                         help="largest difference that counts as agreement (default: 1e-5 in "
                         "float32, 1e-9 in float64)")
     parity.add_argument("--lr", type=float, default=0.05, help="learning rate (default: 0.05)")
+    parity.add_argument("--seeds", type=_positive_int("--seeds", MAX_PARITY_SEEDS), default=1,
+                        metavar="N", help="seed indices 0 to N-1 per cell, each from the initial "
+                        "weights and batch order `xorbench run` gives that seed; a row shows "
+                        f"the worst (default: 1, at most {MAX_PARITY_SEEDS})")
     parity.add_argument("--out", type=Path, help="write parquet tables, Markdown and the "
                         "settings they were made with (parity-DTYPE.json) here")
     parity.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -311,7 +324,8 @@ def _parity_configs(args: argparse.Namespace) -> list[Any]:
     for dtype in args.dtype:
         epochs = args.epochs or DEFAULT_EPOCHS_BY_DTYPE.get(dtype, 1)
         settings: dict[str, Any] = {"epochs": epochs, "dtype": dtype, "impls": impls,
-                                    "tolerance": args.tolerance, "lr": args.lr}
+                                    "tolerance": args.tolerance, "lr": args.lr,
+                                    "seeds": args.seeds}
         if args.optimizer:
             settings["optimizers"] = args.optimizer
         if args.batch_size:

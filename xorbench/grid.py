@@ -196,6 +196,8 @@ MAX_LAYERS = 8
 MAX_EPOCHS = 100_000
 MAX_SEEDS = 10_000
 MAX_FACTORIAL_SEEDS = 100
+# `xorbench parity` trains every side of every cell once per seed, in two worker processes.
+MAX_PARITY_SEEDS = 100
 
 
 def check_distinct(option: str, values: Sequence[Any]) -> None:

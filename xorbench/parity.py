@@ -1,15 +1,16 @@
 """Framework parity: train Lightning and Keras from the same start and compare them epoch by epoch.
 
-For each optimizer x batch size, one run per framework starts from the same initial weights
-(:func:`xorbench.model.glorot_uniform`) and sees the same batch order
-(:func:`xorbench.data.batch_orders`), both from seed index 0 of the base seed, as seed 0 of a grid
-run. Each framework trains in its own spawned worker process, kept alive across cells; this
-module imports neither framework and compares numpy traces (:class:`~xorbench.adapters.base.Trace`).
+For each optimizer x batch size and each seed index ``i`` (0 to ``seeds - 1``), one run per
+framework starts from the same initial weights (:func:`xorbench.model.glorot_uniform`) and sees
+the same batch order (:func:`xorbench.data.batch_orders`), both derived by
+:func:`xorbench.seeds.derive_seeds` as seed ``i`` of a grid run. Each framework trains in its own
+spawned worker process, kept alive across cells; this module imports neither framework and
+compares numpy traces (:class:`~xorbench.adapters.base.Trace`).
 
 Per epoch the tables hold the absolute difference of the training loss each framework reported,
 of the validation loss, and the largest absolute difference over all weights (epoch 0: the
-weights as loaded, a check of the layout conversion). A cell passes its tolerance up to the
-first epoch where any of them exceeds it.
+weights as loaded, a check of the layout conversion). A run passes its tolerance at the first
+epoch where any of them exceeds it; a cell's summary row reports its worst seed.
 
 The framework-differences table is read from live optimizer objects in the same workers: every
 hyperparameter as torch's ``optimizer.defaults`` and Keras's ``get_config()`` hold it, with the
@@ -39,7 +40,7 @@ from xorbench.adapters import parity_worker
 from xorbench.adapters.base import DTYPES, OPTIMIZER_IMPLS, Trace
 from xorbench.data import N_TRAIN, batch_orders, make_xor
 from xorbench.environment import describe
-from xorbench.grid import Cell
+from xorbench.grid import MAX_PARITY_SEEDS, Cell
 from xorbench.model import DEFAULT_HIDDEN, glorot_uniform
 from xorbench.optimizers import OPTIMIZERS, PARAM_NAMES, OptimizerSpec
 from xorbench.results import write_atomic, write_json_atomic
@@ -51,8 +52,6 @@ logger = logging.getLogger(__name__)
 # - ASGD: the traces compare the iterates, not the averaged weights both frameworks evaluate
 #   once averaging is active; xorbench's t0 (1e6) is never reached here, and the summary records
 #   each side's averaging flag. Goes when Trace carries the evaluated weights too.
-# - One run per cell (seed index 0) and one lr: a seed-dependent gap would go unseen. Goes when
-#   ParityConfig takes a number of seeds and the summary reports the worst seed.
 # - Aligned float32 RMSprop at batch 1 passes the 1e-5 default within 10 epochs (1.6e-5 here):
 #   the libraries' linear layers and sigmoids round differently by one ulp, and RMSprop magnifies
 #   it (torch's own float32 run is 1.7e-5 from its float64 run). The summary names the cause;
@@ -93,6 +92,7 @@ class ParityConfig:
     lr: float = DEFAULT_LR
     hidden: tuple[int, ...] = DEFAULT_HIDDEN
     base_seed: int = 0
+    seeds: int = 1
 
     @property
     def tol(self) -> float:
@@ -121,6 +121,10 @@ def check_config(config: ParityConfig) -> None:
         raise ValueError("batch_size needs at least one value; received none")
     if config.epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1; received {config.epochs!r}")
+    seeds = config.seeds
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_PARITY_SEEDS:
+        raise ValueError(
+            f"seeds must be an integer from 1 to {MAX_PARITY_SEEDS}; received {seeds!r}")
     tol = config.tolerance
     if tol is not None and not (math.isfinite(tol) and tol > 0):
         raise ValueError(f"tolerance must be a finite number > 0; received {tol!r}")
@@ -153,6 +157,9 @@ def framework_pools() -> Iterator[dict[str, cf.ProcessPoolExecutor]]:
 
 # Called with (impl, optimizer, batch size) as each comparison's runs have all finished.
 ComparisonCallback = Callable[[str, str, int], None]
+# A run of the check: (side, optimizer, batch size, seed index); side is "lightning", a Keras
+# optimizer_impl or, in float32, EXACT.
+TraceKey = tuple[str, str, int, int]
 
 
 def _cells(config: ParityConfig) -> list[tuple[str, int]]:
@@ -164,28 +171,33 @@ def comparisons(config: ParityConfig) -> list[tuple[str, str, int]]:
     return [(impl, opt, batch) for impl in config.impls for opt, batch in _cells(config)]
 
 
-def _requests(config: ParityConfig) -> dict[tuple[str, str, int], parity_worker.TraceRequest]:
-    """One request per (side, optimizer, batch): the torch reference, each Keras impl, and in
-    float32 the torch reference again in float64 (:data:`EXACT`)."""
-    run = derive_seeds(config.base_seed, 1)[0]
+def _requests(config: ParityConfig) -> dict[TraceKey, parity_worker.TraceRequest]:
+    """One request per (side, optimizer, batch, seed): the torch reference, each Keras impl, and
+    in float32 the torch reference again in float64 (:data:`EXACT`).
+
+    Seed index ``i`` starts from the initial weights and batch order ``xorbench run`` gives its
+    seed ``i`` (the independent design of :mod:`xorbench.seeds`), on the run's one dataset.
+    """
     data = make_xor(data_seed(config.base_seed))
-    initial = glorot_uniform(config.hidden, run.init_seed)
-    orders = batch_orders(run.order_seed, data.n_train, config.epochs)
+    starts = [
+        (run.seed, glorot_uniform(config.hidden, run.init_seed),
+         batch_orders(run.order_seed, data.n_train, config.epochs))
+        for run in derive_seeds(config.base_seed, config.seeds)
+    ]
 
     requests = {}
     for opt, batch in _cells(config):
         base = Cell(REFERENCE, opt, batch, config.lr, config.epochs, config.hidden)
-        sides = {REFERENCE: base}
+        sides = {REFERENCE: (base, config.dtype)}
         for impl in config.impls:
-            sides[impl] = replace(base, framework=OTHER, optimizer_impl=impl)
-        for side, cell in sides.items():
-            requests[side, opt, batch] = parity_worker.TraceRequest(
-                cell, data, initial, orders, config.dtype
-            )
+            sides[impl] = (replace(base, framework=OTHER, optimizer_impl=impl), config.dtype)
         if config.dtype != "float64":
-            requests[EXACT, opt, batch] = parity_worker.TraceRequest(
-                base, data, initial, orders, "float64"
-            )
+            sides[EXACT] = (base, "float64")
+        for seed, initial, orders in starts:
+            for side, (cell, dtype) in sides.items():
+                requests[side, opt, batch, seed] = parity_worker.TraceRequest(
+                    cell, data, initial, orders, dtype
+                )
     return requests
 
 
@@ -221,11 +233,13 @@ def first_epoch_past(diffs: pd.DataFrame, tolerance: float) -> int | None:
 def run_traces(
     config: ParityConfig, pools: Mapping[str, cf.ProcessPoolExecutor],
     on_comparison_done: ComparisonCallback | None = None,
-) -> dict[tuple[str, str, int], Trace]:
-    """Train every side of every cell in the framework workers, both frameworks in parallel.
+) -> dict[TraceKey, Trace]:
+    """Train every side of every cell and seed in the framework workers, both frameworks in
+    parallel.
 
     ``on_comparison_done(impl, optimizer, batch_size)`` is called once every run a comparison
-    needs has finished: the torch side, that impl's Keras side and, in float32, torch in float64.
+    needs has finished: for every seed, the torch side, that impl's Keras side and, in float32,
+    torch in float64.
     """
     requests = _requests(config)
     futures = {
@@ -234,7 +248,7 @@ def run_traces(
     }
     waiting = {
         (impl, opt, batch): {key for key in requests
-                             if key[1:] == (opt, batch) and key[0] in (REFERENCE, EXACT, impl)}
+                             if key[1:3] == (opt, batch) and key[0] in (REFERENCE, EXACT, impl)}
         for impl, opt, batch in comparisons(config)
     }
 
@@ -253,15 +267,18 @@ def run_traces(
     return traces
 
 
-def epoch_table(config: ParityConfig, traces: Mapping[tuple[str, str, int], Trace]) -> pd.DataFrame:
-    """Tidy per-epoch differences: impl, optimizer, batch_size, epoch and the DIFF_COLUMNS."""
+def epoch_table(config: ParityConfig, traces: Mapping[TraceKey, Trace]) -> pd.DataFrame:
+    """Tidy per-epoch differences: impl, optimizer, batch_size, dtype, seed, epoch and the
+    DIFF_COLUMNS; (comparisons x seeds x epochs) rows."""
     frames = []
     for impl, opt, batch in comparisons(config):
-        diffs = compare(traces[REFERENCE, opt, batch], traces[impl, opt, batch])
-        diffs.insert(0, "batch_size", batch)
-        diffs.insert(0, "optimizer", opt)
-        diffs.insert(0, "impl", impl)
-        frames.append(diffs)
+        for seed in range(config.seeds):
+            diffs = compare(traces[REFERENCE, opt, batch, seed], traces[impl, opt, batch, seed])
+            diffs.insert(0, "seed", seed)
+            diffs.insert(0, "batch_size", batch)
+            diffs.insert(0, "optimizer", opt)
+            diffs.insert(0, "impl", impl)
+            frames.append(diffs)
     table = pd.concat(frames, ignore_index=True)
     table.insert(3, "dtype", config.dtype)
     return table
@@ -437,40 +454,72 @@ class ParityResult:
     config
         What was compared.
     traces
-        The runs themselves, keyed by (side, optimizer, batch size); side is "lightning" or a
-        Keras optimizer_impl.
+        The runs themselves, keyed by (side, optimizer, batch size, seed index); side is
+        "lightning", a Keras optimizer_impl or, in float32, :data:`EXACT`.
     """
 
     epochs: pd.DataFrame
     summary: pd.DataFrame
     differences: pd.DataFrame
     config: ParityConfig
-    traces: dict[tuple[str, str, int], Trace]
+    traces: dict[TraceKey, Trace]
+
+
+def seed_table(epochs: pd.DataFrame, tolerance: float) -> pd.DataFrame:
+    """Per comparison and seed: the largest loss and weight differences, the largest of any
+    kind and the first epoch past ``tolerance``; one row per impl x optimizer x batch_size x
+    seed of the :func:`epoch_table` ``epochs``."""
+    keys = ["impl", "optimizer", "batch_size", "seed"]
+    rows = []
+    for key, diffs in epochs.groupby(keys, sort=False):
+        values = diffs[list(DIFF_COLUMNS)].to_numpy()
+        rows.append({
+            **dict(zip(keys, key, strict=True)),
+            "max_loss_diff": float(np.nanmax(values[:, :2])),
+            "max_weight_diff": float(np.nanmax(values[:, 2])),
+            # A missing epoch (a run that stopped) makes the seed the worst of all.
+            "largest_diff": float(np.max(np.nan_to_num(values, nan=np.inf))),
+            "first_epoch_past": first_epoch_past(diffs, tolerance),
+        })
+    table = pd.DataFrame(rows)
+    table["first_epoch_past"] = table["first_epoch_past"].astype("Int64")
+    return table
+
+
+def _seed_of_largest(by_seed: pd.DataFrame, column: str) -> int:
+    """The seed with the largest ``column``; the lowest such seed among ties."""
+    return int(by_seed["seed"].to_numpy()[np.argmax(by_seed[column].to_numpy())])
 
 
 def summary_table(
-    config: ParityConfig, epochs: pd.DataFrame, traces: Mapping[tuple[str, str, int], Trace],
+    config: ParityConfig, epochs: pd.DataFrame, traces: Mapping[TraceKey, Trace],
     differences: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Per cell: largest differences, first epoch past the tolerance, ASGD flags and the cause.
+    """Per cell, over its seeds: the largest differences and the seed of each, the worst seed,
+    the earliest first epoch past the tolerance, how many seeds passed it, ASGD flags and the
+    cause.
 
-    The cause is the differing rows of the differences table for the cell's optimizer and impl.
-    A cell with none is "rounding" (or "none" if nothing differs at all). In float32 the columns
-    ``float32_drift_torch`` and ``float32_drift_keras`` hold each framework's largest weight
-    distance from the torch run in float64; a cell past its tolerance with no differing row is
-    put down to float32 rounding when either drift passes the tolerance on its own, and is
-    flagged "unexplained" otherwise.
+    The worst seed is the one with the largest difference of any kind (see :func:`seed_table`);
+    the ASGD flags, the float32 drift and the cause are those of that seed, which passes the
+    tolerance whenever any seed does. The cause is the differing rows of the differences table
+    for the cell's optimizer and impl. A cell with none is "rounding" (or "none" if nothing
+    differs at all). In float32 the columns ``float32_drift_torch`` and ``float32_drift_keras``
+    hold each framework's largest weight distance from the torch run in float64; a cell past
+    its tolerance with no differing row is put down to float32 rounding when either drift
+    passes the tolerance on its own, and is flagged "unexplained" otherwise.
     """
     tol = config.tol
     rows = []
-    for key, diffs in epochs.groupby(["impl", "optimizer", "batch_size"], sort=False):
+    for key, by_seed in seed_table(epochs, tol).groupby(["impl", "optimizer", "batch_size"],
+                                                         sort=False):
         impl, opt, batch = str(key[0]), str(key[1]), int(str(key[2]))
+        worst = _seed_of_largest(by_seed, "largest_diff")
         named = causes(differences[differences["impl"] == impl], config.dtype).get(opt, "")
-        largest = float(np.nanmax(diffs[list(DIFF_COLUMNS)].to_numpy()))
-        past = first_epoch_past(diffs, tol)
-        drift = _float32_drift(traces, impl, opt, batch)
-        cause = named or ("none" if largest == 0 else "rounding (float operation order)")
-        if past is not None and not named:
+        past = by_seed["first_epoch_past"]
+        drift = _float32_drift(traces, impl, opt, batch, worst)
+        cause = named or ("none" if by_seed["largest_diff"].max() == 0
+                          else "rounding (float operation order)")
+        if past.notna().any() and not named:
             if max(drift) > tol:
                 cause = (
                     "float32 rounding: each framework's float32 run is up to "
@@ -480,11 +529,15 @@ def summary_table(
                 cause = f"unexplained: {cause}"
         rows.append({
             "impl": impl, "dtype": config.dtype, "optimizer": opt, "batch_size": batch,
-            "max_loss_diff": float(np.nanmax(diffs[["loss_diff", "val_loss_diff"]].to_numpy())),
-            "max_weight_diff": float(np.nanmax(diffs["weight_diff"].to_numpy())),
-            "tolerance": tol, "first_epoch_past": past,
-            "asgd_averaging_torch": traces[REFERENCE, opt, batch].asgd_averaging,
-            "asgd_averaging_keras": traces[impl, opt, batch].asgd_averaging,
+            "seeds": len(by_seed), "worst_seed": worst,
+            "max_loss_diff": float(by_seed["max_loss_diff"].max()),
+            "max_loss_seed": _seed_of_largest(by_seed, "max_loss_diff"),
+            "max_weight_diff": float(by_seed["max_weight_diff"].max()),
+            "max_weight_seed": _seed_of_largest(by_seed, "max_weight_diff"),
+            "tolerance": tol, "first_epoch_past": past.min(),
+            "seeds_past": int(past.notna().sum()),
+            "asgd_averaging_torch": traces[REFERENCE, opt, batch, worst].asgd_averaging,
+            "asgd_averaging_keras": traces[impl, opt, batch, worst].asgd_averaging,
             "float32_drift_torch": drift[0], "float32_drift_keras": drift[1],
             "cause": cause,
         })
@@ -494,16 +547,18 @@ def summary_table(
 
 
 def _float32_drift(
-    traces: Mapping[tuple[str, str, int], Trace], impl: str, opt: str, batch: int
+    traces: Mapping[TraceKey, Trace], impl: str, opt: str, batch: int, seed: int
 ) -> tuple[float, float]:
-    """Largest weight distance of the torch and Keras runs from torch in float64; NaN in float64."""
-    exact = traces.get((EXACT, opt, batch))
+    """Largest weight distance of a seed's torch and Keras runs from its torch run in float64;
+    NaN in float64."""
+    exact = traces.get((EXACT, opt, batch, seed))
     if exact is None:
         return math.nan, math.nan
     out = []
     for side in (REFERENCE, impl):
-        n = min(len(exact.weights), len(traces[side, opt, batch].weights))
-        gap = np.abs(traces[side, opt, batch].weights[:n] - exact.weights[:n])
+        run = traces[side, opt, batch, seed]
+        n = min(len(exact.weights), len(run.weights))
+        gap = np.abs(run.weights[:n] - exact.weights[:n])
         out.append(float(np.max(gap)) if gap.size else math.nan)
     return out[0], out[1]
 
@@ -585,6 +640,8 @@ def parity_command(config: ParityConfig, directory: Path) -> str:
         words += ["--tolerance", repr(config.tolerance)]
     if config.lr != DEFAULT_LR:
         words += ["--lr", repr(config.lr)]
+    if config.seeds != 1:
+        words += ["--seeds", str(config.seeds)]
     return shlex.join([*words, "--out", str(directory)])
 
 
@@ -600,6 +657,7 @@ def parity_record(config: ParityConfig, directory: Path) -> dict[str, Any]:
         "impls": list(config.impls),
         "hidden": list(config.hidden),
         "base_seed": config.base_seed,
+        "seeds": config.seeds,
         "command": parity_command(config, directory),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": describe(),
@@ -684,12 +742,23 @@ def made_with_markdown(record: Mapping[str, Any] | None, dtype: str) -> str:
         return (f"The settings these {dtype} tables were made with are not recorded (no "
                 f"readable parity-{dtype}.json beside them); running `xorbench parity` again "
                 "records them.")
+    seeds = record.get("seeds", 1)
     return (f"Made {record['written']} with `{record['command']}`: {record['epochs']} epochs, "
-            f"lr {record['lr']:g}.")
+            f"lr {record['lr']:g}" + (f", {seeds} seeds." if seeds != 1 else "."))
 
 
 def _sci(value: float) -> str:
     return "nan" if not math.isfinite(value) else f"{value:.2g}"
+
+
+def seed_count(summary: pd.DataFrame) -> int:
+    """Seeds per cell of a summary table; 1 for tables written before parity took seeds."""
+    return int(summary["seeds"].max()) if "seeds" in summary else 1
+
+
+def seeds_text(n_seeds: int) -> str:
+    """"seed 0", or "seeds 0 to 4" for five."""
+    return "seed 0" if n_seeds == 1 else f"seeds 0 to {n_seeds - 1}"
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
@@ -711,11 +780,25 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         "cause": summary["cause"],
     })
     drift = summary[["float32_drift_torch", "float32_drift_keras"]]
+    n_seeds = seed_count(summary)
     if drift.notna().any().any():
         shown.insert(6, "float32 drift from float64 (torch/keras)", [
             f"{_sci(t)}/{_sci(k)}" for t, k in drift.itertuples(index=False)
         ])
+    if n_seeds > 1:
+        _add_seed_columns(shown, summary)
     return str(shown.to_markdown(index=False, disable_numparse=True))
+
+
+def _add_seed_columns(shown: pd.DataFrame, summary: pd.DataFrame) -> None:
+    """Name the seed behind each largest difference and count the seeds past the tolerance."""
+    for column, value, seed in [("max loss diff", "max_loss_diff", "max_loss_seed"),
+                                ("max weight diff", "max_weight_diff", "max_weight_seed")]:
+        shown[column] = [f"{_sci(v)} (seed {s})" for v, s in zip(summary[value], summary[seed],
+                                                                 strict=True)]
+    shown.insert(3, "worst seed", summary["worst_seed"].astype(str))
+    shown.insert(7, "seeds past tol", [f"{p}/{n}" for p, n in zip(summary["seeds_past"],
+                                                                   summary["seeds"], strict=True)])
 
 
 def parity_markdown(summary: pd.DataFrame, differences: pd.DataFrame, made_with: str = "") -> str:
@@ -725,11 +808,17 @@ def parity_markdown(summary: pd.DataFrame, differences: pd.DataFrame, made_with:
     :func:`made_with_markdown`).
     """
     first = summary.iloc[0]
+    n_seeds = seed_count(summary)
     epochs_note = (
         f"Lightning against Keras, {first['dtype']}, same initial weights and batch order; "
         f"tolerance {first['tolerance']:g}. Loss: the larger of the train and validation loss "
         "differences; weights: the largest absolute difference over all weights, epoch 0 "
         "(as loaded) included."
+        + (f" Each cell trains {seeds_text(n_seeds)}, as `xorbench run` seeds them; a row shows "
+           "the largest differences over its seeds and the seed that gave each, the earliest "
+           "epoch any seed passed the tolerance and how many seeds did, and its worst seed (the "
+           "largest difference of any kind), which the drift and the cause are read off."
+           if n_seeds > 1 else "")
         + (" Float32 drift: each framework's largest weight distance from torch's own float64 "
            "run of the cell: float32 rounding alone for torch, and for Keras where its formula "
            "is torch's (with a native rmsprop or adam it also holds the formula's gap)."

@@ -37,7 +37,14 @@ from xorbench.bench import find_bench_files, load_benchmarks, speed_markdown
 from xorbench.data import N_TRAIN, make_xor
 from xorbench.grid import Cell
 from xorbench.optimizers import OPTIMIZERS
-from xorbench.parity import ParityTables, made_with_markdown, parity_markdown, read_parity
+from xorbench.parity import (
+    ParityTables,
+    made_with_markdown,
+    parity_markdown,
+    read_parity,
+    seed_count,
+    seeds_text,
+)
 from xorbench.regions import WeightsClassifier, plot_regions
 from xorbench.results import CELL_KEYS, ResultsDirError
 
@@ -1353,12 +1360,11 @@ def parity_markdown_for(
     if not found:
         return ""
     intro = (
-        "Each row trains one run in Lightning and one in Keras from the same initial weights "
-        "and batch order (seed 0) and compares them after every epoch. `native` uses each "
-        "library's own optimizer with equal hyperparameters (what `xorbench run` uses by "
-        "default); `aligned` runs Keras optimizers that implement torch's formulas "
-        "(`xorbench run --optimizer-impl aligned`). The cause of a gap is read off the "
-        "framework-differences table below it. Each float type says the command that made "
+        f"{_parity_runs(found)} `native` uses each library's own optimizer with equal "
+        "hyperparameters (what `xorbench run` uses by default); `aligned` runs Keras "
+        "optimizers that implement torch's formulas (`xorbench run --optimizer-impl "
+        "aligned`). The cause of a gap is read off the framework-differences table below it. "
+        "Each float type says the command that made "
         "its tables, and when."
     )
     scope = parity_scope_markdown(found, runs) if runs is not None else ""
@@ -1368,6 +1374,21 @@ def parity_markdown_for(
         for t in found
     ]
     return "\n\n".join(["## Framework parity", *([scope] if scope else []), intro, *parts])
+
+
+def _parity_runs(found: Sequence[ParityTables]) -> str:
+    """The intro's first sentence: which seeds each row trains and compares."""
+    counts = {str(t.summary["dtype"].iloc[0]): seed_count(t.summary) for t in found}
+    if set(counts.values()) == {1}:
+        return ("Each row trains one run in Lightning and one in Keras from the same initial "
+                "weights and batch order (seed 0) and compares them after every epoch.")
+    if len(set(counts.values())) == 1:
+        seeds = seeds_text(next(iter(counts.values())))
+    else:
+        seeds = "; ".join(f"{dtype}: {seeds_text(n)}" for dtype, n in counts.items())
+    return ("Each row trains one run in Lightning and one in Keras per seed "
+            f"({seeds}, each from the initial weights and batch order `xorbench run` gives it), "
+            "compares them after every epoch and shows the worst seed.")
 
 
 def _scope(lrs: list[float] | None, optimizers: set[str], batches: set[int]) -> str:

@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 # - ASGD: the traces compare the iterates, not the averaged weights both frameworks evaluate
 #   once averaging is active; xorbench's t0 (1e6) is never reached here, and the summary records
 #   each side's averaging flag. Goes when Trace carries the evaluated weights too.
+# - One learning rate per check (--lr): a gap that appears only at another lr goes unseen
+#   unless parity is run again. Goes when ParityConfig takes a list of lrs, as run does.
 # - Aligned float32 RMSprop at batch 1 passes the 1e-5 default within 10 epochs (1.6e-5 here):
 #   the libraries' linear layers and sigmoids round differently by one ulp, and RMSprop magnifies
 #   it (torch's own float32 run is 1.7e-5 from its float64 run). The summary names the cause;

@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import json
 import logging
 import multiprocessing
+import os
 import re
 import shlex
 import sys
@@ -215,7 +216,9 @@ def test_written_tables_render_in_the_report(
         (["--batch-size", "0"], "batch_size must be from 1 to 150; received 0"),
         (["--tolerance", "-1"], "tolerance must be a finite number > 0; received -1.0"),
         (["--optimizer-impl", "fast"], "argument --optimizer-impl: invalid choice: 'fast'"),
-        (["--epochs", "0"], "--epochs must be an integer >= 1; received '0'"),
+        (["--epochs", "0"], "--epochs must be an integer from 1 to 100000; received '0'"),
+        (["--epochs", "100001"], "--epochs must be an integer from 1 to 100000; received "
+                                   "'100001'"),
         (["--batch-size", "32,32"], "argument --batch-size: --batch-size lists 32 more than "
          "once; list each value once"),
         (["--optimizer", "sgd,adam,sgd"], "--optimizer lists sgd more than once; list each "
@@ -354,7 +357,7 @@ def test_keras_parity_worker_drops_only_the_retracing_note() -> None:
     context = multiprocessing.get_context("spawn")
 
     with cf.ProcessPoolExecutor(1, mp_context=context, initializer=parity_worker.init,
-                                initargs=("keras",)) as keras_worker:
+                                initargs=("keras", os.getpid())) as keras_worker:
         shown = [keras_worker.submit(logging.Logger.filter, tf_logger, record).result()
                  for record in (retracing, other_warning, error)]
         level = keras_worker.submit(logging.Logger.getEffectiveLevel, tf_logger).result()
@@ -414,9 +417,10 @@ def test_parity_tables_without_a_record_still_render(
                 f"not recorded (no readable parity-{dtype}.json beside them)") in text
 
 
-def _runs(optimizers: list[str], batches: list[int], lrs: list[float]) -> pd.DataFrame:
-    rows = [(o, b, lr) for o in optimizers for b in batches for lr in lrs]
-    return pd.DataFrame(rows, columns=["optimizer", "batch_size", "lr"])
+def _runs(optimizers: list[str], batches: list[int], lrs: list[float],
+          hidden: str = "3x4") -> pd.DataFrame:
+    rows = [(o, b, lr, hidden) for o in optimizers for b in batches for lr in lrs]
+    return pd.DataFrame(rows, columns=["optimizer", "batch_size", "lr", "hidden"])
 
 
 @pytest.mark.parametrize(
@@ -430,6 +434,8 @@ def _runs(optimizers: list[str], batches: list[int], lrs: list[float]) -> pd.Dat
         (_runs(list(OPTIMIZERS), [150], [0.1, 0.05]), "These parity tables were made at lr "
          "0.05 for sgd, asgd, rmsprop, adam at batch 150; this run trained at lr 0.05, 0.1 for "
          "sgd, asgd, rmsprop, adam at batch 150."),
+        (_runs(list(OPTIMIZERS), [150], [0.05], hidden="3x3"), "They were made with hidden "
+         "layers 3x4; this run trained 3x3."),
     ],
 )
 def test_report_says_when_the_parity_tables_do_not_match_the_run(
@@ -692,3 +698,45 @@ def test_the_report_says_the_seeds_of_each_float_type_when_they_differ(
             "gives it), compares them after every epoch and shows the worst seed.") in text
     float64 = text.split("### Parity, float64")[1]
     assert "worst seed" not in float64.split("### Framework differences")[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_sigterm_stops_parity_and_its_workers(tmp_path: Path) -> None:
+    # `timeout` and service managers send SIGTERM to the whole group; Lightning's worker catches
+    # it and would train on, and a clean pool shutdown would wait for it.
+    import signal
+    import subprocess
+    import time
+
+    def children(pid: int) -> set[int]:
+        path = Path(f"/proc/{pid}/task/{pid}/children")
+        return {int(c) for c in path.read_text().split()} if path.exists() else set()
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        return state != "Z"
+
+    check = subprocess.Popen(
+        [sys.executable, "-m", "xorbench.cli", "parity", "--optimizer", "sgd", "--batch-size",
+         "1", "--epochs", "100000", "--optimizer-impl", "native", "-q",
+         "--out", str(tmp_path / "p")],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(children(check.pid)) < 2:  # both framework workers started
+        assert check.poll() is None and time.monotonic() < deadline, "parity ended too soon"
+        time.sleep(0.1)
+    time.sleep(10)  # imports done: the workers are training
+    workers = children(check.pid)
+
+    os.killpg(check.pid, signal.SIGTERM)
+    _, err = check.communicate(timeout=60)
+
+    assert check.returncode == 130
+    assert err.strip().splitlines()[-1] == "xorbench: interrupted"
+    time.sleep(3)  # a worker whose parent is gone ends within a second
+    assert [pid for pid in workers if alive(pid)] == []
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())

@@ -137,6 +137,8 @@ def test_a_run_killed_mid_grid_resumes_to_the_same_tables(tmp_path: Path) -> Non
     assert resumed.returncode == 0, resumed.stderr
     assert (f"xorbench: resuming: {finished_before} of 8 cells already finished are kept; "
             f"training the other {8 - finished_before}") in resumed.stderr
+    kept = 4 * finished_before
+    assert f"32 runs, {kept} kept and {32 - kept} trained in" in resumed.stdout
 
     for table in ("runs", "history"):
         a = pd.read_parquet(tmp_path / "whole" / f"{table}.parquet")
@@ -233,3 +235,51 @@ def test_restart_deletes_only_what_a_run_wrote(tmp_path: Path) -> None:
     assert kept == ["bench-torch.json", "notes.txt", "parity"]
     assert sorted(p.name for p in out.iterdir()) == kept
     assert (out / "parity" / "parity-float32.md").read_text() == "tables"
+
+
+def _tiny(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "xorbench.cli", "run", "--preset", "smoke",
+            "--framework", "lightning", "--optimizer", "sgd", "--batch-size", "150",
+            "--seeds", "2", "--workers", "1", "--out", str(out), "--no-report", "-q", *extra]
+
+
+def test_restart_trains_again_beside_what_it_kept(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "r"
+    first = subprocess.run(_tiny(out, "--epochs", "2"), capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr
+    (out / "parity").mkdir()
+    (out / "parity" / "parity-float32.md").write_text("tables")
+    (out / "notes.txt").write_text("mine")
+
+    again = subprocess.run(_tiny(out, "--epochs", "3", "--restart"), capture_output=True,
+                           text=True, timeout=300)
+
+    assert again.returncode == 0, again.stderr
+    assert "--restart kept what xorbench run did not write" in again.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {cell["epochs"] for cell in manifest["experiment"]["cells"]} == {3}
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "parity" / "parity-float32.md").read_text() == "tables"
+
+
+def test_a_run_may_follow_parity_tables_written_into_its_directory(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    (out / "parity").mkdir(parents=True)
+    (out / "parity" / "parity-float32.md").write_text("tables")
+    (out / "bench-torch.json").write_text("{}")
+
+    done = subprocess.run(_tiny(out, "--epochs", "2"), capture_output=True, text=True,
+                          timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    assert (out / "runs.parquet").is_file()
+    (out / "notes.txt").write_text("mine")  # anything else still makes it not a results dir
+    (out / "manifest.json").unlink()
+    refused = subprocess.run(_tiny(out, "--epochs", "2"), capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2
+    assert "is a non-empty directory that is not an xorbench results directory" in (
+        refused.stderr)

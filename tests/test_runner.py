@@ -109,15 +109,21 @@ def test_a_different_config_in_the_same_directory_is_refused(tmp_path: Path) -> 
 
 
 def test_a_changed_config_names_what_changed_and_how_much_more() -> None:
-    old = {"seeds": 3, "epochs": [20], "lr": [0.05], "target": 0.9, "cells": ["a"]}
-    new = {"seeds": 5, "epochs": [30], "lr": [0.1], "target": 0.8, "cells": ["b"]}
+    def cell(optimizer: str, batch: int, epochs: int = 20) -> dict[str, object]:
+        return {"optimizer": optimizer, "batch_size": batch, "epochs": epochs}
 
+    old = {"seeds": 3, "target": 0.9, "cells": [cell("sgd", 1), cell("adam", 8)]}
+    new = {"seeds": 5, "target": 0.8, "cells": [cell("sgd", 1, 30), cell("adam", 8, 30)]}
+
+    # The grid's axes live in the cells: a change there is named by axis.
     assert results.config_changes(old, new) == (
-        "epochs [20] there, [30] here; lr [0.05] there, [0.1] here; seeds 3 there, 5 here; "
-        "and 1 more")
-    # The cells follow from the other settings; they are named only when nothing else differs.
-    assert results.config_changes({"cells": ["a"]}, {"cells": ["b"]}) == (
-        'cells ["a"] there, ["b"] here')
+        "epochs [20] there, [30] here; seeds 3 there, 5 here; target 0.9 there, 0.8 here")
+    assert results.config_changes(old, new, shown=2) == (
+        "epochs [20] there, [30] here; seeds 3 there, 5 here; and 1 more")
+    # The same values paired otherwise: no axis differs, the cells do.
+    swapped = {**old, "cells": [cell("sgd", 8), cell("adam", 1)]}
+    assert results.config_changes(old, swapped) == (
+        "the same setting values, combined into other cells")
     assert results.config_changes(None, new) == "its manifest records no config"
 
 
@@ -139,7 +145,7 @@ def test_each_session_is_recorded_and_a_code_change_is_warned(
     real_digest = environment.code_digest()[:12]
     results.start(tmp_path, experiment, workers=2)
     results.start(tmp_path, experiment, workers=1, scheduler="tcp://127.0.0.1:8786")
-    assert "other xorbench's code" not in caplog.text  # the same code: nothing to say
+    assert "other xorbench code" not in caplog.text  # the same code: nothing to say
 
     monkeypatch.setattr(environment, "code_digest", lambda: "0" * 64)
     with caplog.at_level("WARNING", logger="xorbench.results"):
@@ -150,5 +156,5 @@ def test_each_session_is_recorded_and_a_code_change_is_warned(
         (2, None), (1, "tcp://127.0.0.1:8786"), (1, None)]
     assert sessions[0]["code_digest"] == sessions[1]["code_digest"] == real_digest
     assert sessions[2]["code_digest"] == "0" * 12
-    assert "resuming with other xorbench's code than the session of" in caplog.text
+    assert "resuming with other xorbench code than the session of" in caplog.text
     assert "library versions" not in caplog.text

@@ -20,6 +20,7 @@ from xorbench.adapters.base import DTYPES, ENGINES, OPTIMIZER_IMPLS
 from xorbench.bench import BenchFileError
 from xorbench.cluster import ClusterError, parse_scheduler
 from xorbench.grid import (
+    MAX_EPOCHS,
     MAX_PARITY_SEEDS,
     PRESETS,
     Cell,
@@ -175,7 +176,7 @@ def _add_parity(commands: Any) -> None:
                         help="sgd,asgd,rmsprop,adam (default: all)")
     parity.add_argument("--batch-size", type=_list(int, "--batch-size"),
                         help="default: 1,32,150")
-    parity.add_argument("--epochs", type=_positive_int("--epochs"),
+    parity.add_argument("--epochs", type=_positive_int("--epochs", MAX_EPOCHS),
                         help="epochs per run (default: 10 in float32, 20 in float64)")
     parity.add_argument("--dtype", type=_list(str, "--dtype"), default=("float32",),
                         help="float32 (default), float64 or float32,float64")
@@ -210,9 +211,11 @@ def _bar(total: int, unit: str, quiet: bool, desc: str | None = None) -> Any:
 
 
 def _progress(total_runs: int, runs_per_cell: int, n_cells: int,
-              quiet: bool) -> tuple[Any, Any, Any]:
-    """A progress bar over runs, and the runner's callbacks that move it."""
+              quiet: bool) -> tuple[Any, Any, Any, dict[str, int]]:
+    """A progress bar over runs, the runner's callbacks that move it, and the count of runs
+    kept from earlier sessions (``kept``, set when resuming)."""
     bar = _bar(total_runs, "run", quiet)
+    kept = {"runs": 0}
 
     def on_cell_done(cell: Cell, runs: Any) -> None:
         bad = int((runs["status"] != "ok").sum())
@@ -224,10 +227,11 @@ def _progress(total_runs: int, runs_per_cell: int, n_cells: int,
                   f"are kept; training the other {n_cells - len(finished)}", file=sys.stderr)
         # The kept runs start the bar as its initial count, so that the rate and the time left
         # are those of the runs trained now.
-        bar.initial = bar.n = len(finished) * runs_per_cell
+        kept["runs"] = len(finished) * runs_per_cell
+        bar.initial = bar.n = kept["runs"]
         bar.refresh()
 
-    return bar, on_cell_done, on_resume
+    return bar, on_cell_done, on_resume, kept
 
 
 def _check_report_dir(path: Path, option: str) -> None:
@@ -269,8 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         where = f" on {args.scheduler}" if args.scheduler else ""
         print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {seeds} "
               f"= {n_runs} runs{where} -> {out}", file=sys.stderr)
-        bar, on_cell_done, on_resume = _progress(n_runs, experiment.runs_per_cell,
-                                                 len(experiment.cells), args.quiet)
+        bar, on_cell_done, on_resume, kept = _progress(n_runs, experiment.runs_per_cell,
+                                                       len(experiment.cells), args.quiet)
         start = time.perf_counter()
         with bar:
             runs = run_experiment(experiment, out, executor=executor, on_cell_done=on_cell_done,
@@ -278,7 +282,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         executor.close()
     counts = runs["status"].value_counts().to_dict()
-    print(f"xorbench: {len(runs)} runs in {time.perf_counter() - start:.1f} s "
+    trained = (f"{len(runs)} runs in" if not kept["runs"] else
+               f"{len(runs)} runs, {kept['runs']} kept and {len(runs) - kept['runs']} trained in")
+    print(f"xorbench: {trained} {time.perf_counter() - start:.1f} s "
           f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); results in {out}")
 
     if not args.no_report:

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import shlex
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -145,12 +146,31 @@ def framework_pools() -> Iterator[dict[str, cf.ProcessPoolExecutor]]:
         pools = {
             fw: stack.enter_context(
                 cf.ProcessPoolExecutor(
-                    1, mp_context=context, initializer=parity_worker.init, initargs=(fw,)
+                    1, mp_context=context, initializer=parity_worker.init,
+                    initargs=(fw, os.getpid()),
                 )
             )
             for fw in (REFERENCE, OTHER)
         }
-        yield pools
+        try:
+            yield pools
+        except BaseException:  # Ctrl-C, SIGTERM or an error: stop the workers now
+            for pool in pools.values():
+                _kill_workers(pool)
+            raise
+
+
+def _kill_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Cancel what is queued and kill the worker mid-run.
+
+    A clean shutdown would wait for the run in progress, which can take minutes, and Lightning
+    catches SIGTERM in its worker and trains on. ProcessPoolExecutor has no public way to end
+    its workers before Python 3.14 (terminate_workers), hence its ``_processes``.
+    """
+    workers = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        worker.kill()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -957,6 +957,7 @@ def intro_markdown(res: Results, title: str) -> str:
     frameworks = _listing(_ordered(runs["framework"], FRAMEWORKS))
     optimizers = _listing(_ordered(runs["optimizer"], OPTIMIZERS))
     n_cells = runs.groupby(CELL_KEYS).ngroups
+    unit = _unit(res)
     return f"""# {title}
 
 This report summarises the xorbench experiment **{name}**: a small MLP (2 inputs, hidden
@@ -966,25 +967,30 @@ where x1·x2 ≥ 0; {res.n_train} points train, the rest validate) in {framework
 with {_design_text(res)}{_impl_text(res)}
 
 **How to read it.** A *cell* is one framework, optimizer, batch size, learning rate, hidden
-layers and number of epochs; it is trained once per seed. Batch "full ({res.n_train})" is
-full-batch gradient descent, batch 1 is plain SGD. A run *reached the target* when its
-validation accuracy was ≥ {res.target:g} at some epoch. Up to the seed-variance section,
-spreads are quartiles over seeds (never a standard error); that section adds intervals (Wilson,
-bootstrap), each named where it is shown. Every figure caption states its band. Nothing is
-dropped: runs that never reach the target, diverge or fail stay in every count, and the
-final-accuracy figure shows every seed.{_missing_markdown(res)}"""
+layers and number of epochs; it is trained once per {_pass_unit(res)}.
+Batch "full ({res.n_train})" is full-batch gradient descent, batch 1 is plain SGD. A run
+*reached the target* when its validation accuracy was ≥ {res.target:g} at some epoch. Up to
+the seed-variance section, spreads are quartiles over {unit}s (never a standard error);
+that section adds intervals (Wilson, bootstrap), each named where it is shown. Every figure
+caption states its band. Nothing is dropped: runs that never reach the target, diverge or fail
+stay in every count, and the final-accuracy figure shows every {unit}.{_missing_markdown(res)}"""
 
 
 def _design_text(res: Results) -> str:
     """How many seeds each cell ran, and how seeds pair runs across cells."""
-    same = ("in every cell and in both frameworks, so cells can be compared seed by seed.")
+    same = "in every cell and in both frameworks, so cells can be compared {} by {}."
     if res.experiment.get("seed_design") != "factorial":
         return (f"{_seed_count_text(res.runs)}. Seed *i* starts from the same initial weights "
-                f"and batch order {same}")
+                f"and batch order {same.format('seed', 'seed')}")
     k = res.experiment.get("seeds")
     return (f"{k} init seeds x {k} order seeds each (a factorial design: every initial weight "
             f"draw with every batch order). Init seed *a* gives the same initial weights and "
-            f"order seed *b* the same batch order {same}")
+            f"order seed *b* the same batch order {same.format('run', 'run')}")
+
+
+def _pass_unit(res: Results) -> str:
+    """What a cell is trained once for: a seed, or a pair of init and order seeds."""
+    return "seed" if _unit(res) == "seed" else "pair of init and order seeds"
 
 
 def _impl_text(res: Results) -> str:
@@ -1332,7 +1338,7 @@ def _assemble(res: Results, title: str, curves: list[FigureEntry], accuracy: Fig
         intro_markdown(res, title),
         summary_markdown(res),
         f"## Validation curves\n\n{curve_text}",
-        f"## Final accuracy of every seed\n\n{show(accuracy)}",
+        f"## Final accuracy of every {_unit(res)}\n\n{show(accuracy)}",
         f"## Decision regions\n\n{regions_part}",
         stats_text,
         *([speed_text] if speed_text else []),
@@ -1418,16 +1424,27 @@ def parity_scope_markdown(found: Sequence[ParityTables], runs: pd.DataFrame) -> 
         # An unrecorded lr is no mismatch: nothing says it differs.
         return lrs in (None, trained[0]) and (optimizers, batches) == trained[1:]
 
-    if all(matches(*scope) for scope in made.values()):
-        return ""
+    sentences = [_hidden_mismatch(found, runs)]
+    if not all(matches(*scope) for scope in made.values()):
+        said = {dtype: _scope(*scope) for dtype, scope in made.items()}
+        if len(set(said.values())) == 1:
+            tables = f"These parity tables were made {next(iter(said.values()))}"
+        else:
+            tables = "The " + ", the ".join(f"{dtype} parity tables were made {text}"
+                                           for dtype, text in said.items())
+        sentences.insert(0, f"{tables}; this run trained {_scope(*trained)}.")
+    return " ".join(filter(None, sentences))
 
-    said = {dtype: _scope(*scope) for dtype, scope in made.items()}
-    if len(set(said.values())) == 1:
-        tables = f"These parity tables were made {next(iter(said.values()))}"
-    else:
-        tables = "The " + ", the ".join(f"{dtype} parity tables were made {text}"
-                                       for dtype, text in said.items())
-    return f"{tables}; this run trained {_scope(*trained)}."
+
+def _hidden_mismatch(found: Sequence[ParityTables], runs: pd.DataFrame) -> str:
+    """A sentence when the recorded parity network is not one the run trained; else ""."""
+    trained = sorted({str(h) for h in runs["hidden"]})
+    made = sorted({results.hidden_label(check.record["hidden"]) for check in found
+                   if check.record is not None and "hidden" in check.record})
+    if not made or set(made) <= set(trained):
+        return ""
+    return (f"They were made with hidden layers {', '.join(made)}; this run trained "
+            f"{', '.join(trained)}.")
 
 
 def speed_markdown_for(results_dir: Path, files: Sequence[Path] | None) -> str:

@@ -168,7 +168,9 @@ def check_target(path: Path, experiment: Any | None) -> None:
     a results directory of a different experiment."""
     if path.exists() and not path.is_dir():
         raise ResultsDirError(f"--out must be a directory; {path} is a file")
-    if path.is_dir() and any(p.name != LOCK for p in path.iterdir()) and not is_results_dir(path):
+    foreign = [p.name for p in path.iterdir() if not _kept_beside_a_run(p.name)] if (
+        path.is_dir()) else []
+    if foreign and not is_results_dir(path):
         raise ResultsDirError(
             f"--out {path} is a non-empty directory that is not an xorbench results directory"
         )
@@ -185,7 +187,8 @@ def check_target(path: Path, experiment: Any | None) -> None:
 def config_changes(old: Any, new: dict[str, Any], shown: int = 3) -> str:
     """The settings that differ, as 'epochs 20 there, 31 here; ...' (the first ``shown``).
 
-    ``cells`` is derived from the other settings and is named only when nothing else differs.
+    The grid's axes live in ``cells``: a change there is named by axis (``epochs [20] there,
+    [30] here``), and as ``cells`` only when the same values are combined differently.
     """
     if not isinstance(old, dict):
         return "its manifest records no config"
@@ -194,9 +197,27 @@ def config_changes(old: Any, new: dict[str, Any], shown: int = 3) -> str:
         text = json.dumps(value) if value is not None else "unset"
         return text if len(text) <= 40 else text[:37] + "..."
 
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    named = [k for k in keys if k != "cells"] or keys
-    changes = [f"{k} {brief(old.get(k))} there, {brief(new.get(k))} here" for k in named[:shown]]
+    def axis_values(experiment: dict[str, Any]) -> dict[str, list[Any]]:
+        """The values each cell setting takes (epochs: [20], ...), from the list of cells."""
+        cells = experiment.get("cells") or []
+        keys = sorted({k for cell in cells for k in cell})
+        return {k: sorted({json.dumps(cell.get(k)) for cell in cells}) for k in keys}
+
+    changes_of = dict.fromkeys(sorted(set(old) | set(new)))
+    changes_of.pop("cells", None)
+    pairs: dict[str, tuple[Any, Any]] = {
+        k: (old.get(k), new.get(k)) for k in changes_of if old.get(k) != new.get(k)}
+    if old.get("cells") != new.get("cells"):
+        # The cells hold the grid's axes (epochs, lr, ...): name the axes whose values differ.
+        before, after = axis_values(old), axis_values(new)
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                pairs[key] = ([json.loads(v) for v in before.get(key, [])],
+                              [json.loads(v) for v in after.get(key, [])])
+        if not pairs:
+            return "the same setting values, combined into other cells"
+    named = sorted(pairs)
+    changes = [f"{k} {brief(pairs[k][0])} there, {brief(pairs[k][1])} here" for k in named[:shown]]
     more = len(named) - shown
     return "; ".join(changes) + (f"; and {more} more" if more > 0 else "")
 
@@ -204,6 +225,12 @@ def config_changes(old: Any, new: dict[str, Any], shown: int = 3) -> str:
 # What a run writes into its results directory, and so what ``--restart`` deletes. Anything
 # else there (a parity or benchmark subdirectory, the user's own notes) is not the run's.
 RUN_OUTPUTS: tuple[str, ...] = (MANIFEST, RUNS, HISTORY, WEIGHTS, SUMMARY, PARTS)
+
+
+def _kept_beside_a_run(name: str) -> bool:
+    """Whether an entry may sit in a directory before its first run: the lock, parity tables
+    (``xorbench parity --out RESULTS/parity``) or benchmark JSON (``RESULTS/bench*.json``)."""
+    return name in (LOCK, "parity") or (name.startswith("bench") and name.endswith(".json"))
 
 
 def clear(path: Path) -> list[str]:
@@ -260,16 +287,20 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def start(
-    path: Path, experiment: Any, *, workers: int, scheduler: str | None = None
+    path: Path, experiment: Any, *, workers: int, scheduler: str | None = None,
+    cleared: bool = False,
 ) -> dict[str, Any]:
     """Create (or reopen, to resume) a results directory and write its manifest.
 
     ``workers`` counts local worker processes, or the Dask cluster's worker threads when this
-    session runs on the Dask scheduler at ``scheduler`` (None: this machine).
+    session runs on the Dask scheduler at ``scheduler`` (None: this machine). ``cleared``: the
+    caller has just run :func:`clear` on this results directory (``--restart``), so what it
+    kept there is the user's and is no reason to refuse.
     """
     from xorbench.environment import code_digest, describe
 
-    check_target(path, experiment)
+    if not cleared:
+        check_target(path, experiment)
     (path / PARTS).mkdir(parents=True, exist_ok=True)
     previous = read_manifest(path) if is_results_dir(path) else {}
     machine = describe()
@@ -307,7 +338,7 @@ def _warn_if_code_changed(sessions: list[Any]) -> None:
     from different code: allowed (most edits do not change training), but said.
     """
     *earlier, now = sessions
-    for keys in (("code_digest", "xorbench's code"), ("versions", "library versions")):
+    for keys in (("code_digest", "xorbench code"), ("versions", "library versions")):
         key, what = keys
         before = [s[key] for s in earlier if isinstance(s, dict) and key in s]
         if before and before[-1] != now[key]:

@@ -351,7 +351,8 @@ def run_experiment(
                 if kept:
                     logger.warning("--restart kept what xorbench run did not write in %s: %s",
                                    out_dir, ", ".join(kept))
-            return _run_locked(experiment, out_dir, executor, on_cell_done, on_resume)
+            return _run_locked(experiment, out_dir, executor, on_cell_done, on_resume,
+                               cleared=restart)
     finally:
         if owned:
             executor.close()
@@ -371,9 +372,11 @@ def _run_locked(
     experiment: Experiment, out_dir: Path, executor: CellExecutor,
     on_cell_done: ProgressCallback | None,
     on_resume: Callable[[list[Cell]], None] | None,
+    *,
+    cleared: bool = False,
 ) -> pd.DataFrame:
     manifest = results.start(out_dir, experiment, workers=executor.workers,
-                             scheduler=executor.scheduler)
+                             scheduler=executor.scheduler, cleared=cleared)
     done = results.finished_cells(out_dir)
     todo = [cell for cell in experiment.cells if cell.key not in done]
     if len(todo) < len(experiment.cells):

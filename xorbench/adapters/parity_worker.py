@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from xorbench.adapters.base import Trace, load_adapter
+from xorbench.cell_process import exit_with_parent
 from xorbench.data import Dataset
 from xorbench.grid import Cell
 from xorbench.model import Weights
@@ -31,8 +32,13 @@ class TraceRequest:
     dtype: str
 
 
-def init(framework: str) -> None:
-    """Pin the process to one thread and import the framework's adapter once."""
+def init(framework: str, parent: int) -> None:
+    """Pin the process to one thread and import the framework's adapter once.
+
+    The worker ends itself when ``parent`` (the ``xorbench parity`` process) is gone, so that a
+    killed parity check leaves no worker training on.
+    """
+    exit_with_parent(parent)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                 "TF_NUM_INTEROP_THREADS"):
         os.environ[var] = "1"

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from procs import alive, children
 
 from xorbench import parity
 from xorbench.adapters import parity_worker
@@ -708,17 +709,6 @@ def test_sigterm_stops_parity_and_its_workers(tmp_path: Path) -> None:
     import signal
     import subprocess
     import time
-
-    def children(pid: int) -> set[int]:
-        path = Path(f"/proc/{pid}/task/{pid}/children")
-        return {int(c) for c in path.read_text().split()} if path.exists() else set()
-
-    def alive(pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return False
-        return state != "Z"
 
     check = subprocess.Popen(
         [sys.executable, "-m", "xorbench.cli", "parity", "--optimizer", "sgd", "--batch-size",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from procs import alive, children
 
 from xorbench import results
 from xorbench.grid import TOML_KEYS, ConfigError, build_experiment
@@ -179,19 +180,6 @@ def test_restart_is_refused_while_another_run_holds_the_lock(tmp_path: Path) -> 
     assert (out / "parts" / "precious.runs.parquet").read_bytes() == b"a finished cell"
 
 
-def _children(pid: int) -> set[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return {int(child) for child in path.read_text().split()} if path.exists() else set()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_workers_end_when_the_run_is_killed(tmp_path: Path) -> None:
     import os
@@ -205,15 +193,15 @@ def test_workers_end_when_the_run_is_killed(tmp_path: Path) -> None:
         while not list((out / "parts").glob("*.runs.parquet")):  # workers are training
             assert run.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        workers = _children(run.pid)
+        workers = children(run.pid)
         assert workers
         os.kill(run.pid, signal.SIGKILL)  # the run only, as a crash or the OOM killer would
         run.wait()
 
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(pid) for pid in workers), "workers outlived their run"
+        assert not any(alive(pid) for pid in workers), "workers outlived their run"
     finally:
         run.kill()
 

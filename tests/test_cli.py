@@ -240,3 +240,9 @@ def test_report_refuses_a_parity_directory_without_tables(
         f"xorbench report: error: --parity {tmp_path / 'empty'} holds no parity tables; write "
         f"them with xorbench parity --out {tmp_path / 'empty'}")
     assert not (tmp_path / "rep").exists()
+
+
+def test_counts_are_singular_for_one() -> None:
+    from xorbench.cli import _count
+
+    assert [_count(n, "cell") for n in (0, 1, 2)] == ["0 cells", "1 cell", "2 cells"]

@@ -532,7 +532,19 @@ def test_a_resumed_run_lists_each_session_with_its_code_and_workers() -> None:
 
     items = dict(report._machine_items(manifest))
 
+    assert "git commit (last session)" in items  # the top-level commit is the last session's
+
     assert items["sessions (resumed)"] == (
         "2026-01-02T03:04:05+0000; 2026-01-03T00:00:00+0000 (2 local workers, commit abc, code "
         "0123456789ab); 2026-01-04T00:00:00+0000 (Dask tcp://127.0.0.1:1, commit def, code "
         "ba9876543210)")
+
+
+def test_intro_says_batch_size_for_one_and_batch_sizes_for_more(tmp_path: Path) -> None:
+    one = write_results_dir(tmp_path / "one", grid_runs(batch_sizes=(150,), seeds=2))
+    two = write_results_dir(tmp_path / "two", grid_runs(batch_sizes=(32, 150), seeds=2))
+
+    assert "at batch size full (150). It holds" in report.intro_markdown(
+        report.load_results(one), "t")
+    assert "at batch sizes 32 and full (150). It holds" in report.intro_markdown(
+        report.load_results(two), "t")

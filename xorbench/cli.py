@@ -247,6 +247,11 @@ def _check_executor_options(args: argparse.Namespace) -> None:
         raise ClusterError("--cells-per-task needs --scheduler")
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 cell', '8 cells'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _check_executor_options(args)
     experiment = build_experiment(args.preset, args.config, _overrides(args))
@@ -269,10 +274,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         n_runs = len(experiment.cells) * experiment.runs_per_cell
         k = experiment.seeds
         seeds = f"{k} init x {k} order seeds" if experiment.seed_design == "factorial" else (
-            f"{k} seeds")
+            _count(k, "seed"))
         where = f" on {args.scheduler}" if args.scheduler else ""
-        print(f"xorbench: {experiment.name}: {len(experiment.cells)} cells x {seeds} "
-              f"= {n_runs} runs{where} -> {out}", file=sys.stderr)
+        print(f"xorbench: {experiment.name}: {_count(len(experiment.cells), 'cell')} x {seeds} "
+              f"= {_count(n_runs, 'run')}{where} -> {out}", file=sys.stderr)
         bar, on_cell_done, on_resume, kept = _progress(n_runs, experiment.runs_per_cell,
                                                        len(experiment.cells), args.quiet)
         start = time.perf_counter()

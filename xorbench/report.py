@@ -958,12 +958,13 @@ def intro_markdown(res: Results, title: str) -> str:
     optimizers = _listing(_ordered(runs["optimizer"], OPTIMIZERS))
     n_cells = runs.groupby(CELL_KEYS).ngroups
     unit = _unit(res)
+    batch_words = "batch sizes" if len(batches) > 1 else "batch size"
     return f"""# {title}
 
 This report summarises the xorbench experiment **{name}**: a small MLP (2 inputs, hidden
 layers {hidden}, ReLU, one logit output) trained on XOR (points uniform in [-1, 1]², label 1
 where x1·x2 ≥ 0; {res.n_train} points train, the rest validate) in {frameworks}, with
-{optimizers} at batch sizes {_listing(batches)}. It holds {len(runs)} runs: {n_cells} cells
+{optimizers} at {batch_words} {_listing(batches)}. It holds {len(runs)} runs: {n_cells} cells
 with {_design_text(res)}{_impl_text(res)}
 
 **How to read it.** A *cell* is one framework, optimizer, batch size, learning rate, hidden
@@ -1142,7 +1143,8 @@ def _machine_items(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
         ("CPU", manifest.get("cpu")),
         ("CPU count", manifest.get("cpu_count")),
         ("workers", manifest.get("workers")),
-        ("git commit", manifest.get("git_commit")),
+        ("git commit" if len(sessions) < 2 else "git commit (last session)",
+         manifest.get("git_commit")),
         ("started", manifest.get("started")),
         ("finished", manifest.get("finished")),
         *([("sessions (resumed)", "; ".join(map(_session_text, sessions)))]

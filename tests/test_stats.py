@@ -110,7 +110,8 @@ def test_wilson_interval_matches_statsmodels_and_a_hand_computation() -> None:
     # statsmodels, to the digit.
     sm_low, sm_high = proportion_confint(7, 10, alpha=0.05, method="wilson")
     assert (float(low), float(high)) == (sm_low, sm_high)
-    # By hand: centre (p + z²/2n) / (1 + z²/n), half-width z sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).
+    # By hand: centre (p + z²/2n) / (1 + z²/n),
+    # half-width z sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).
     z, n, p = sps.norm.ppf(0.975), 10, 0.7
     centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)

@@ -200,13 +200,21 @@ MAX_FACTORIAL_SEEDS = 100
 MAX_PARITY_SEEDS = 100
 
 
-def check_distinct(option: str, values: Sequence[Any]) -> None:
-    """Refuse a list that names a value twice: it would train (and count) the same cell twice."""
-    seen: list[Any] = []
-    for value in values:
+def check_distinct(option: str, values: Sequence[Any],
+                   spelled: Sequence[str] | None = None) -> None:
+    """Refuse a list that names a value twice: it would train (and count) the same cell twice.
+
+    ``spelled`` holds each value as the user wrote it (a flag's items), so that "0.1,0.10" can
+    be named as the same value written twice; by default each value's repr.
+    """
+    shown = list(spelled) if spelled is not None else [repr(v) for v in values]
+    seen: list[Any] = []  # a list, not a set: a TOML value may be unhashable
+    for value, text in zip(values, shown, strict=True):
         if value in seen:
-            raise ConfigError(
-                f"{option} lists {value!r} more than once; list each value once")
+            first = shown[seen.index(value)]
+            again = "" if first == text else f" (again as {text})"
+            raise ConfigError(f"{option} lists {first} more than once{again}; "
+                              "list each value once")
         seen.append(value)
 
 
@@ -295,14 +303,7 @@ def parse_list(option: str, text: str, kind: type) -> tuple[Any, ...]:
     if any(not item for item in items):
         raise ConfigError(f"{option} takes a comma-separated list; received {text!r}")
     values = _convert(option, text, items, kind)
-
-    first: dict[Any, str] = {}
-    for item, value in zip(items, values, strict=True):
-        if value in first:
-            again = "" if first[value] == item else f" (again as {item})"
-            raise ConfigError(f"{option} lists {first[value]} more than once{again}; "
-                              "list each value once")
-        first[value] = item
+    check_distinct(option, values, items)
     return values
 
 

@@ -391,7 +391,8 @@ def differences_table(
         torch_obj, keras_obj = settings[REFERENCE, opt], settings[OTHER, opt]
         tc, kc = torch_obj["class"], keras_obj["class"]
         t_formula, k_formula = _formula(REFERENCE, tc), _formula(OTHER, kc)
-        rows.append([opt, "class", tc, kc, "—", "", "", ACTIONS["class"] if opt == "asgd" else ""])
+        class_action = ACTIONS["class"] if opt == "asgd" else ""
+        rows.append([opt, "class", tc, kc, "—", "", "", class_action])
         formula_same = _same(t_formula, k_formula)
         rows.append([opt, "formula", t_formula, k_formula, formula_same, "", "",
                      ACTIONS["formula"] if formula_same == "differs" else ""])

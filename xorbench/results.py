@@ -168,8 +168,7 @@ def check_target(path: Path, experiment: Any | None) -> None:
     a results directory of a different experiment."""
     if path.exists() and not path.is_dir():
         raise ResultsDirError(f"--out must be a directory; {path} is a file")
-    foreign = [p.name for p in path.iterdir() if not _kept_beside_a_run(p.name)] if (
-        path.is_dir()) else []
+    foreign = path.is_dir() and any(not _kept_beside_a_run(p.name) for p in path.iterdir())
     if foreign and not is_results_dir(path):
         raise ResultsDirError(
             f"--out {path} is a non-empty directory that is not an xorbench results directory"
@@ -188,7 +187,7 @@ def config_changes(old: Any, new: dict[str, Any], shown: int = 3) -> str:
     """The settings that differ, as 'epochs 20 there, 31 here; ...' (the first ``shown``).
 
     The grid's axes live in ``cells``: a change there is named by axis (``epochs [20] there,
-    [30] here``), and as ``cells`` only when the same values are combined differently.
+    [30] here``); when every axis keeps its values, the cells are said to be combined otherwise.
     """
     if not isinstance(old, dict):
         return "its manifest records no config"
@@ -203,10 +202,9 @@ def config_changes(old: Any, new: dict[str, Any], shown: int = 3) -> str:
         keys = sorted({k for cell in cells for k in cell})
         return {k: sorted({json.dumps(cell.get(k)) for cell in cells}) for k in keys}
 
-    changes_of = dict.fromkeys(sorted(set(old) | set(new)))
-    changes_of.pop("cells", None)
     pairs: dict[str, tuple[Any, Any]] = {
-        k: (old.get(k), new.get(k)) for k in changes_of if old.get(k) != new.get(k)}
+        k: (old.get(k), new.get(k)) for k in (set(old) | set(new)) - {"cells"}
+        if old.get(k) != new.get(k)}
     if old.get("cells") != new.get("cells"):
         # The cells hold the grid's axes (epochs, lr, ...): name the axes whose values differ.
         before, after = axis_values(old), axis_values(new)
@@ -338,8 +336,7 @@ def _warn_if_code_changed(sessions: list[Any]) -> None:
     from different code: allowed (most edits do not change training), but said.
     """
     *earlier, now = sessions
-    for keys in (("code_digest", "xorbench code"), ("versions", "library versions")):
-        key, what = keys
+    for key, what in (("code_digest", "xorbench code"), ("versions", "library versions")):
         before = [s[key] for s in earlier if isinstance(s, dict) and key in s]
         if before and before[-1] != now[key]:
             logger.warning("resuming with other %s than the session of %s: its finished cells "

@@ -797,11 +797,13 @@ def stats_markdown(
         n_train = int(experiment.get("n_train", n_train))
     settings = tables.settings
     min_seeds = int(settings.get("min_seeds", stats.MIN_SEEDS_FOR_TESTS))
-    margins = (f"Margins: reached-target rate ±{settings.get('margin_rate', stats.MARGIN_RATE):g}; "
-               f"P(A lower loss) 0.5 ± {settings.get('margin_prob', stats.MARGIN_PROB):g}; "
-               f"restricted mean epochs ±{settings.get('margin_epochs', stats.MARGIN_EPOCHS):.0%} "
-               f"of the epoch budget; Lightning - Keras final loss "
-               f"±{settings.get('margin_loss', stats.MARGIN_LOSS):g} nats.")
+    margin_rate = settings.get("margin_rate", stats.MARGIN_RATE)
+    margin_prob = settings.get("margin_prob", stats.MARGIN_PROB)
+    margin_epochs = settings.get("margin_epochs", stats.MARGIN_EPOCHS)
+    margin_loss = settings.get("margin_loss", stats.MARGIN_LOSS)
+    margins = (f"Margins: reached-target rate ±{margin_rate:g}; P(A lower loss) 0.5 ± "
+               f"{margin_prob:g}; restricted mean epochs ±{margin_epochs:.0%} of the epoch "
+               f"budget; Lightning - Keras final loss ±{margin_loss:g} nats.")
     no_opt = [key for key in CELL_KEYS if key != "optimizer"]
     no_fw = [key for key in CELL_KEYS if key != "framework"]
     sections = [

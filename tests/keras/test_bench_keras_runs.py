@@ -21,16 +21,6 @@ from xorbench.model import Weights, glorot_uniform
 EPOCHS = 3
 
 
-@pytest.fixture(scope="module")
-def bk() -> ModuleType:
-    """The Keras benchmark module, imported on first use (and with it TensorFlow)."""
-    if "torch" in sys.modules:
-        pytest.skip("torch is loaded in this process; run the Keras tests in their own process")
-    from xorbench.adapters import bench_keras
-
-    return bench_keras
-
-
 @pytest.fixture(autouse=True)
 def _clear_keras_session() -> Any:
     """Drop every model and graph a test built."""

@@ -27,16 +27,6 @@ XOR4_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
 XOR4_Y = np.array([0, 1, 1, 0], dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def ka() -> ModuleType:
-    """The Keras adapter, imported on first use (and with it TensorFlow)."""
-    if "torch" in sys.modules:
-        pytest.skip("torch is loaded in this process; run the Keras tests in their own process")
-    from xorbench.adapters import keras as adapter
-
-    return adapter
-
-
 @pytest.fixture(autouse=True)
 def _clear_keras_session() -> Any:
     """Drop every model and graph a test built, so tests do not see each other's state."""

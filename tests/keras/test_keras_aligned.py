@@ -22,15 +22,6 @@ from xorbench.optimizers import OptimizerSpec
 STEPS = 30
 
 
-@pytest.fixture(scope="module")
-def ka() -> Any:
-    if "torch" in sys.modules:
-        pytest.skip("torch is loaded in this process; run the Keras tests in their own process")
-    from xorbench.adapters import keras as adapter
-
-    return adapter
-
-
 def gradients() -> np.ndarray:
     """Gradients spanning six decades, so epsilon's place matters."""
     rng = np.random.default_rng(7)

@@ -37,16 +37,6 @@ ACROSS_S = 1e-6
 
 
 @pytest.fixture(scope="module")
-def kb() -> ModuleType:
-    """The seed-batched Keras engine, imported on first use (and with it TensorFlow)."""
-    if "torch" in sys.modules:
-        pytest.skip("torch is loaded in this process; run the Keras tests in their own process")
-    from xorbench.adapters import keras_batched
-
-    return keras_batched
-
-
-@pytest.fixture(scope="module")
 def per_run(kb: ModuleType) -> ModuleType:
     """The per-run Keras engine, the oracle."""
     from xorbench.adapters import keras
